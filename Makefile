@@ -1,0 +1,28 @@
+# The two commands a person needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.crossgraph-installed
+TORCH := torch==2.13.0
+JOBS ?= 2
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+# Torch goes first and pinned: an unpinned torch pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/crossgraph check crossgraph.models.gpt2:tiny
+
+test: setup
+	$(PY) -m pytest -n $(JOBS) -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,83 @@
+"""The `crossgraph` command line (contract in DESIGN.md): exit 0 all targets within tolerance, 1 a parity
+failure, 2 bad input (spec, capture, unsupported op)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Sequence
+
+import torch
+
+from crossgraph.compiler import spec as spec_loader
+from crossgraph.compiler.parity import check
+from crossgraph.compiler.targets import TARGETS
+from crossgraph.compiler.tolerance import TolerancePolicy
+from crossgraph.graphs import InputError
+
+EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own usage errors are bad input too: exit 2
+        self.print_usage(sys.stderr)
+        print(f"crossgraph: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_INPUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="crossgraph", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    c = sub.add_parser("check", help="check a model's numerical parity on each target")
+    c.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    c.add_argument("--targets", default=None,
+                   help=f"comma-separated, from {','.join(TARGETS)} (default: all)")
+    c.add_argument("--passes", default=None, help="comma-separated pass names to run before lowering")
+    c.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON report here")
+    c.add_argument("--junit", dest="junit_path", metavar="PATH", help="write a JUnit XML report here")
+    c.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    c.add_argument("--atol", type=float, default=None, help="absolute tolerance for every output")
+    c.add_argument("--rtol", type=float, default=None, help="relative tolerance for every output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal noise
+    try:
+        return _check(args)
+    except InputError as exc:
+        print(f"crossgraph: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except Exception as exc:  # a crossgraph bug: say so in one line, full traceback only on request
+        if os.environ.get("CROSSGRAPH_DEBUG"):
+            raise
+        print(f"crossgraph: internal error: {type(exc).__name__}: {exc} (set CROSSGRAPH_DEBUG=1 for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_PARITY
+
+
+def _check(args: argparse.Namespace) -> int:
+    if args.passes:
+        raise InputError(f"unknown pass(es) {args.passes}: no passes are registered in this version")
+    try:
+        policy = TolerancePolicy().with_override(args.atol, args.rtol)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    torch.manual_seed(args.seed)
+    model, inputs = spec_loader.load(args.spec)
+    report = check(model, inputs, args.targets, policy=policy, spec=args.spec)
+    print(f"crossgraph check {args.spec}: {len(report.output_names)} output(s), "
+          f"captured in {report.capture_seconds:.2f}s")
+    print(report.table())
+    if args.json_path:
+        report.write_json(args.json_path)
+    if args.junit_path:
+        report.write_junit(args.junit_path)
+    return report.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""check(): run a model on each target and compare with the model run eagerly as written."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Sequence
+
+import torch
+
+from crossgraph.compiler.compare import compare_outputs
+from crossgraph.compiler.report import ParityReport, TargetResult
+from crossgraph.compiler.subject import Subject
+from crossgraph.compiler.targets import Target, resolve
+from crossgraph.compiler.tolerance import TolerancePolicy
+from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
+
+
+def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor],
+          targets: Sequence[str] | str | None = ("eager", "flax"), *, policy: TolerancePolicy | None = None,
+          graph: Graph | None = None, dynamic_shapes: Any = None, spec: str = "") -> ParityReport:
+    """Capture `model` (unless `graph` is given), run it on each target, and compare every output with the
+    model run eagerly as written. Bad input (targets, capture) raises InputError; a target that fails to
+    lower or run is reported as `error`, never raised."""
+    chosen = resolve(targets)
+    policy = policy or TolerancePolicy()
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    start = time.perf_counter()
+    graph = graph or capture(model, inputs, dynamic_shapes)
+    capture_seconds = time.perf_counter() - start
+    subject = Subject(model, graph, inputs)
+    reference = subject.reference(inputs)
+    results = {t.name: _run_target(t, subject, reference, policy) for t in chosen}
+    return ParityReport(spec=spec or graph.name, targets=results, capture_seconds=capture_seconds,
+                        output_names=graph.output_names)
+
+
+def _run_target(target: Target, subject: Subject, reference: list[Any], policy: TolerancePolicy) -> TargetResult:
+    reason = "not implemented yet in this version" if target.run is None else target.unavailable(subject)
+    if reason:
+        return TargetResult(status="skipped", error=reason)
+    start = time.perf_counter()
+    try:
+        outputs = target.run(subject, subject.example_inputs)
+    except Exception as exc:  # a target failing to lower or run is a result to report, not a crash
+        detail = "" if isinstance(exc, InputError) else "\n" + "".join(traceback.format_exception(exc)[-3:])
+        return TargetResult(status="error", seconds=time.perf_counter() - start,
+                            error=f"{type(exc).__name__}: {exc}{detail}".strip(),
+                            bad_input=isinstance(exc, InputError))
+    seconds = time.perf_counter() - start
+    names = subject.graph.output_names
+    if len(names) != len(reference):
+        names = [str(i) for i in range(len(reference))]
+    tols = [policy.for_output(target.name, r.dtype) for r in reference]
+    verdict = compare_outputs(names, reference, outputs, tols)
+    return TargetResult(status="pass" if verdict.ok else "fail", max_abs_err=verdict.max_abs_err,
+                        max_rel_err=verdict.max_rel_err, atol=verdict.atol, rtol=verdict.rtol,
+                        seconds=seconds, error=verdict.message)
+
+
+__all__ = ["check"]

@@ -1,0 +1,186 @@
+"""Graph: a core-ATen ExportedProgram plus names, provenance and annotations; prints, summarizes, saves."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+from torch.export import ExportedProgram
+
+from crossgraph.graphs import annotations
+from crossgraph.graphs.errors import InputError
+from crossgraph.graphs.provenance import Provenance
+
+FORMAT = "crossgraph.graph/1"
+_META_FILE = "crossgraph.json"
+
+
+def output_names_of(exported: ExportedProgram) -> list[str]:
+    """Names of the flattened outputs, from the output pytree spec ("last_hidden_state", "0", "logits.1")."""
+    spec = exported.call_spec.out_spec
+    if spec is None or spec.num_leaves == 0:
+        return []
+    tree = pytree.tree_unflatten(list(range(spec.num_leaves)), spec)
+    leaves, _ = pytree.tree_flatten_with_path(tree)
+    if len(leaves) == 1 and not leaves[0][0]:
+        return ["output"]
+    return [".".join(_key_name(k) for k in path) for path, _ in leaves]
+
+
+def _key_name(key: Any) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+class Graph:
+    """One captured model. Calling it runs the exported program and returns its flat list of outputs."""
+
+    def __init__(self, exported: ExportedProgram, *, name: str, input_names: Sequence[str],
+                 output_names: Sequence[str] | None = None,
+                 constant_kwargs: dict[str, Any] | None = None) -> None:
+        self.exported = exported
+        self.name = name
+        self.input_names = list(input_names)
+        self.output_names = list(output_names) if output_names is not None else output_names_of(exported)
+        self.constant_kwargs = dict(constant_kwargs or {})
+        self._module: torch.nn.Module | None = None
+
+    # ---- running -------------------------------------------------------------------------------------------
+    def module(self) -> torch.nn.Module:
+        """The exported program as a callable module (built once)."""
+        if self._module is None:
+            self._module = self.exported.module()
+        return self._module
+
+    def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            out = self.module()(*inputs, **self.constant_kwargs)
+        return list(pytree.tree_leaves(out))
+
+    # ---- inspection ----------------------------------------------------------------------------------------
+    @property
+    def fx(self) -> torch.fx.Graph:
+        return self.exported.graph
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers by their names (tree paths for functional models)."""
+        return dict(self.exported.state_dict)
+
+    def num_parameters(self) -> int:
+        return sum(t.numel() for t in self.exported.state_dict.values())
+
+    def op_histogram(self) -> collections.Counter[str]:
+        """How many times each op is called."""
+        return collections.Counter(str(n.target) for n in self.fx.nodes if n.op == "call_function")
+
+    def provenance(self, node: torch.fx.Node) -> Provenance | None:
+        return annotations.get(node, Provenance)
+
+    def input_nodes(self) -> list[torch.fx.Node]:
+        """Placeholders of the user inputs, in order."""
+        names = set(self.exported.graph_signature.user_inputs)
+        return [n for n in self.fx.nodes if n.op == "placeholder" and n.name in names]
+
+    def dynamic_dims(self) -> dict[str, dict[int, str]]:
+        """For each user input, its symbolic dimensions: {input: {dim: "s0 in [2, 64]"}}."""
+        ranges = self.exported.range_constraints
+        dims: dict[str, dict[int, str]] = {}
+        for name, node in zip(self.input_names, self.input_nodes()):
+            val = node.meta.get("val")
+            for i, size in enumerate(getattr(val, "shape", ())):
+                if isinstance(size, torch.SymInt):
+                    expr = size.node.expr
+                    vr = ranges.get(expr)
+                    bound = f" in [{vr.lower}, {vr.upper}]" if vr is not None else ""
+                    dims.setdefault(name, {})[i] = f"{expr}{bound}"
+        return dims
+
+    def summary(self) -> str:
+        """Inputs, outputs, parameter count and op histogram, as text."""
+        lines = [f"graph {self.name}: {self.num_parameters():,} parameters in "
+                 f"{len(self.exported.state_dict)} tensors"]
+        dyn = self.dynamic_dims()
+        for name, node in zip(self.input_names, self.input_nodes()):
+            lines.append(f"  input  {name}: {_describe(node.meta.get('val'))}"
+                         + (f"  dynamic {dyn[name]}" if name in dyn else ""))
+        outs = self.fx.output_node().args[0]
+        for name, node in zip(self.output_names, outs):
+            lines.append(f"  output {name}: {_describe(getattr(node, 'meta', {}).get('val'))}")
+        lines.append("  ops:")
+        for op, count in self.op_histogram().most_common():
+            lines.append(f"    {count:5d}  {op}")
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        """One line per node: name = op(args)  # shape, and where it came from."""
+        lines = []
+        for node in self.fx.nodes:
+            if node.op == "placeholder":
+                text = f"%{node.name} = input"
+            elif node.op == "output":
+                text = f"return {node.args[0]}"
+            else:
+                text = f"%{node.name} = {node.target}{_args(node)}"
+            note = _describe(node.meta.get("val"))
+            prov = self.provenance(node)
+            extra = "".join(f"  [{a.kind}: {a}]" for a in node.meta.get(annotations.META_KEY, {}).values()
+                            if a.kind != Provenance.kind)
+            lines.append(f"{text}{'  # ' + note if note else ''}{'  <- ' + str(prov) if prov else ''}{extra}")
+        return "\n".join(lines)
+
+    def print(self) -> None:
+        print(self.format())
+
+    def __repr__(self) -> str:
+        return (f"Graph({self.name!r}, inputs={self.input_names}, outputs={self.output_names}, "
+                f"nodes={len(self.fx.nodes)})")
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write one .pt2 file: the exported program, annotations in node meta, names in an extra file."""
+        annotations.encode(self.fx)
+        meta = {"format": FORMAT, "name": self.name, "input_names": self.input_names,
+                "output_names": self.output_names, "constant_kwargs": self.constant_kwargs}
+        torch.export.save(self.exported, path, extra_files={_META_FILE: json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "Graph":
+        """Read a file written by `save`; anything else is an InputError naming the file."""
+        if not os.path.isfile(path):
+            raise InputError(f"no graph file at {path}")
+        extra = {_META_FILE: ""}
+        try:
+            exported = torch.export.load(path, extra_files=extra)
+            meta = json.loads(extra[_META_FILE] or "{}")
+        except Exception as exc:  # torch raises many kinds here; all mean "not a graph file"
+            raise InputError(f"{path} is not a saved crossgraph graph ({type(exc).__name__}: {exc})") from exc
+        if meta.get("format") != FORMAT:
+            raise InputError(f"{path} is a torch.export file but not a crossgraph graph (format "
+                             f"{meta.get('format')!r}, expected {FORMAT!r})")
+        annotations.decode(exported.graph)
+        return cls(exported, name=meta["name"], input_names=meta["input_names"],
+                   output_names=meta["output_names"], constant_kwargs=meta["constant_kwargs"])
+
+
+def _describe(val: Any) -> str:
+    if isinstance(val, torch.Tensor):
+        dtype = str(val.dtype).removeprefix("torch.")
+        return f"{dtype}[{', '.join(str(s) for s in val.shape)}]"
+    if isinstance(val, (tuple, list)):
+        return "(" + ", ".join(_describe(v) for v in val) + ")"
+    return "" if val is None else str(val)
+
+
+def _args(node: torch.fx.Node) -> str:
+    def fmt(a: Any) -> str:
+        return f"%{a.name}" if isinstance(a, torch.fx.Node) else repr(a)
+    parts = [fmt(a) if not isinstance(a, (list, tuple)) else "[" + ", ".join(fmt(x) for x in a) + "]"
+             for a in node.args]
+    parts += [f"{k}={fmt(v)}" for k, v in node.kwargs.items()]
+    return "(" + ", ".join(parts) + ")"
