@@ -44,7 +44,7 @@ def compare_array(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) 
     if bad.any():
         idx = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff - tol.rtol * np.abs(r))), r.shape))
         return fail(f"{int(bad.sum())} of {bad.size} elements out of tolerance; worst at {idx}: "
-                    f"{c[idx]!r} vs {r[idx]!r}", abs_err, rel_err)
+                    f"{float(c[idx]):.7g} vs reference {float(r[idx]):.7g}", abs_err, rel_err)
     return Comparison(True, abs_err, rel_err, tol.atol, tol.rtol)
 
 

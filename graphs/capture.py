@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import logging
 import sys
 from typing import Any, Iterator, Mapping, Sequence
@@ -146,11 +147,15 @@ def _capture_error(label: str, exc: BaseException) -> CaptureError:
 
 @contextlib.contextmanager
 def _quiet_torch_logs() -> Iterator[None]:
-    """torch.export logs whole graphs at WARNING on some failures; the CaptureError says what matters."""
+    """On failure torch.export logs at WARNING and prints the partial graph to stderr; the CaptureError says
+    what matters, so both are held back (stderr is passed on when the capture succeeds)."""
     logger = logging.getLogger("torch")
     level = logger.level
     logger.setLevel(logging.ERROR)
+    held = io.StringIO()
     try:
-        yield
+        with contextlib.redirect_stderr(held):
+            yield
     finally:
         logger.setLevel(level)
+    sys.stderr.write(held.getvalue())

@@ -95,10 +95,13 @@ def build_nnx(make: Callable[[], M], pure: dict[str, Any]) -> M:
     graphdef, state = nnx.split(nnx.eval_shape(make))
     want = _flat(nnx.to_pure_dict(state))
     got = _flat(pure)
-    problems = [f"missing {k}" for k in sorted(set(want) - set(got))]
-    problems += [f"unexpected {k}" for k in sorted(set(got) - set(want))]
-    problems += [f"{k}: shape {tuple(got[k].shape)} != {tuple(want[k].shape)}"
-                 for k in sorted(set(want) & set(got)) if tuple(got[k].shape) != tuple(want[k].shape)]
+    def name(path: tuple[Any, ...]) -> str:
+        return ".".join(map(str, path))
+
+    problems = [f"missing {name(k)}" for k in sorted(set(want) - set(got), key=name)]
+    problems += [f"unexpected {name(k)}" for k in sorted(set(got) - set(want), key=name)]
+    problems += [f"{name(k)}: shape {tuple(got[k].shape)} != {tuple(want[k].shape)}"
+                 for k in sorted(set(want) & set(got), key=name) if tuple(got[k].shape) != tuple(want[k].shape)]
     if problems:
         raise ValueError("parameters do not fit the Flax module: " + "; ".join(problems))
     filled = {k: jnp.asarray(got[k], dtype=want[k].dtype) for k in want}

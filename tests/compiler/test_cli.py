@@ -1,0 +1,129 @@
+"""The CLI contract: SPEC forms, exit codes 0/1/2, one readable line for bad input, JSON and JUnit reports."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from crossgraph.compiler.cli import main
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "specs.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("no/such/file.py:tiny", "no such file"),
+    (f"{FIXTURES}:no_factory", "has no 'no_factory'"),
+    (f"{FIXTURES}:raises", "the factory raised RuntimeError: weights not found"),
+    (f"{FIXTURES}:not_a_tuple", "must return (model, example_inputs)"),
+    ("crossgraph.models.nope:tiny", "no module named 'crossgraph.models.nope'"),
+    ("just-a-name", "must be 'path/to/file.py:factory'"),
+])
+def test_bad_spec_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], spec: str, message: str) -> None:
+    code, out, err = run(capsys, "check", spec, "--targets", "eager")
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err + out
+
+
+def test_data_dependent_control_flow_exits_2_naming_the_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "check", f"{FIXTURES}:data_dependent", "--targets", "eager")
+    assert code == 2
+    assert "data-dependent control flow" in err
+    assert "specs.py:14" in err and "if x.sum() > 0:" in err
+    assert "torch.cond" in err
+
+
+def test_unsupported_python_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "check", f"{FIXTURES}:uses_numpy", "--targets", "eager")
+    assert code == 2
+    assert "cannot capture UsesNumpy" in err and "specs.py:21" in err
+
+
+def test_gpt2_tiny_passes_and_writes_reports(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    code, out, _ = run(capsys, "check", str(REPO / "models" / "gpt2.py") + ":tiny", "--targets", "eager,flax",
+                       "--json", str(js), "--junit", str(junit), "--seed", "3")
+    assert code == 0, out
+    report = json.loads(js.read_text())
+    assert set(report) == {"spec", "targets"} and set(report["targets"]) == {"eager", "flax"}
+    for result in report["targets"].values():
+        assert set(result) == {"status", "max_abs_err", "max_rel_err", "atol", "rtol", "seconds", "error",
+                               "first_divergent_node"}
+        assert result["status"] == "pass" and result["max_abs_err"] <= result["atol"] + 1e-3
+    cases = ET.parse(junit).getroot().findall("testcase")
+    assert [c.get("name") for c in cases] == ["eager", "flax"]
+    assert "eager" in out and "pass" in out
+
+
+def test_parity_failure_exits_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js = tmp_path / "r.json"
+    code, out, _ = run(capsys, "check", f"{FIXTURES}:broken_reference", "--targets", "eager,flax",
+                       "--json", str(js))
+    assert code == 1
+    result = json.loads(js.read_text())["targets"]
+    assert result["eager"]["status"] == "pass" and result["flax"]["status"] == "fail"
+    assert "out of tolerance" in result["flax"]["error"]
+
+
+def test_nan_is_a_failure_never_a_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "check", f"{FIXTURES}:makes_nan", "--targets", "eager")
+    assert code == 1
+    assert "NaN" in out
+
+
+def test_package_module_spec_and_skipped_targets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js = tmp_path / "r.json"
+    code, _, _ = run(capsys, "check", "crossgraph.models.mlp:tiny", "--targets", "eager,tensorrt",
+                     "--json", str(js))
+    assert code == 0
+    trt = json.loads(js.read_text())["targets"]["tensorrt"]
+    assert trt["status"] == "skipped" and trt["error"]
+
+
+def test_nn_module_has_no_flax_reference(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js = tmp_path / "r.json"
+    code, _, _ = run(capsys, "check", f"{FIXTURES}:two_outputs", "--targets", "eager,flax", "--json", str(js))
+    assert code == 0
+    targets = json.loads(js.read_text())["targets"]
+    assert targets["eager"]["status"] == "pass"
+    assert targets["flax"]["status"] == "skipped" and "no Flax reference" in targets["flax"]["error"]
+
+
+def test_missing_flax_reference_is_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "check", f"{FIXTURES}:missing_reference", "--targets", "flax")
+    assert code == 2
+    assert "no_such_module" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["check", "crossgraph.models.mlp:tiny", "--targets", "eager,tpu"], "unknown target(s) tpu"),
+    (["check", "crossgraph.models.mlp:tiny", "--passes", "fuse_attention"], "unknown pass(es)"),
+    (["check", "crossgraph.models.mlp:tiny", "--atol", "-1"], "tolerances must be >= 0"),
+    (["check"], "the following arguments are required: SPEC"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+
+
+def test_console_script_exit_code() -> None:
+    """The installed `crossgraph` command returns main()'s exit code to the shell."""
+    exe = Path(sys.executable).parent / "crossgraph"
+    proc = subprocess.run([str(exe), "check", f"{FIXTURES}:raises", "--targets", "eager"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("crossgraph: error:")

@@ -1,0 +1,87 @@
+"""Graph save/load round trips (outputs, names, dynamic dims, annotations) and the printed forms."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from crossgraph.graphs import Annotation, Graph, InputError, Provenance, capture, flatten_tree, unflatten_tree
+from crossgraph.graphs import annotations
+from crossgraph.models import gpt2, mlp
+
+
+@dataclasses.dataclass(frozen=True)
+class Note(Annotation):
+    """A test-only annotation kind, to prove typed annotations survive save/load."""
+
+    kind = "test-note"
+    text: str = ""
+
+
+def test_save_load_gives_identical_outputs_and_keeps_dynamism(tmp_path: Path) -> None:
+    model, inputs = gpt2.tiny()
+    graph = capture(model, inputs, gpt2.dynamic_shapes(model.config))
+    path = tmp_path / "gpt2.pt2"
+    graph.save(path)
+    loaded = Graph.load(path)
+    assert loaded.name == "gpt2" and loaded.input_names == ["input_ids"]
+    assert loaded.output_names == graph.output_names
+    assert loaded.dynamic_dims() == graph.dynamic_dims()
+    for batch, seq in [(2, 8), (1, 3), (4, 20)]:
+        ids = gpt2.example_inputs(model.config, batch, seq, seed=seq)[0]
+        assert torch.equal(loaded(ids)[0], graph(ids)[0])
+
+
+def test_annotations_survive_save_load(tmp_path: Path) -> None:
+    graph = capture(*mlp.tiny())
+    target = next(n for n in graph.fx.nodes if n.op == "call_function")
+    annotations.put(target, Note("keep me"))
+    graph.save(tmp_path / "g.pt2")
+    loaded = Graph.load(tmp_path / "g.pt2")
+    node = next(n for n in loaded.fx.nodes if n.name == target.name)
+    assert annotations.get(node, Note) == Note("keep me")
+    assert isinstance(loaded.provenance(node), Provenance)
+    assert loaded.provenance(node) == graph.provenance(target)
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no graph file"):
+        Graph.load(tmp_path / "missing.pt2")
+    junk = tmp_path / "junk.pt2"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a saved crossgraph graph"):
+        Graph.load(junk)
+    plain = tmp_path / "plain.pt2"
+    torch.export.save(torch.export.export(torch.nn.ReLU(), (torch.ones(2),)), plain)
+    with pytest.raises(InputError, match="not a crossgraph graph"):
+        Graph.load(plain)
+
+
+def test_summary_and_format() -> None:
+    model, inputs = gpt2.tiny()
+    graph = capture(model, inputs)
+    summary = graph.summary()
+    assert f"{graph.num_parameters():,} parameters" in summary
+    assert graph.num_parameters() == sum(t.numel() for t in flatten_tree(model.params).values())
+    assert "aten._softmax.default" in summary and "input  input_ids: int64[2, 8]" in summary
+    text = graph.format()
+    assert "aten._softmax.default(" in text and "gpt2.py:" in text and "in attention" in text
+
+
+keys = st.text("abcxyz_0123456789", min_size=1, max_size=4)
+trees = st.recursive(st.integers(0, 9).map(lambda v: torch.full((1,), float(v))),
+                     lambda sub: st.dictionaries(keys, sub, min_size=1, max_size=3), max_leaves=10)
+
+
+@given(st.dictionaries(keys, trees, min_size=1, max_size=3))
+def test_flatten_unflatten_round_trip(tree: dict) -> None:
+    flat = flatten_tree(tree)
+    assert all("." not in part for path in flat for part in path.split("."))
+    assert flatten_tree(unflatten_tree(flat)) == flat
+
+
+def test_flatten_rejects_dotted_keys() -> None:
+    with pytest.raises(ValueError, match="without '.'"):
+        flatten_tree({"a.b": torch.ones(1)})
