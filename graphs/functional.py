@@ -20,8 +20,8 @@ ParamTree = Mapping[str, Union["ParamTree", Any]]
 class FunctionalModel:
     """A model as data: `apply(params, *inputs)`, its parameter tree, its config and where its Flax twin lives.
 
-    `flax_reference` is "module:function"; the function takes (config, jax parameter tree) and returns a
-    callable on jax arrays. It is a string so that the torch side never imports jax.
+    `flax_reference` is "module:function"; the function takes (config, jax parameter tree) and returns an
+    nnx.Module called on jax arrays. It is a string so that the torch side never imports jax.
     """
 
     name: str

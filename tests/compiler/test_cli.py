@@ -127,3 +127,10 @@ def test_console_script_exit_code() -> None:
                           text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("crossgraph: error:")
+
+
+def test_raw_hugging_face_model_from_a_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js = tmp_path / "r.json"
+    code, out, _ = run(capsys, "check", f"{FIXTURES}:hf_gpt2", "--targets", "eager", "--json", str(js))
+    assert code == 0, out
+    assert json.loads(js.read_text())["targets"]["eager"]["status"] == "pass"
