@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/crossgraph check crossgraph.models.gpt2:tiny
 
 test: setup
-	$(PY) -m pytest -n $(JOBS) -q
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

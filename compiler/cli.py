@@ -7,15 +7,18 @@ import argparse
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from crossgraph.compiler import spec as spec_loader
+from crossgraph.compiler.export import auto_dynamic_shapes, export
+from crossgraph.compiler.lower import LOWERINGS
 from crossgraph.compiler.parity import check
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
-from crossgraph.graphs import InputError
+from crossgraph.graphs import InputError, capture
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
 
@@ -40,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
     c.add_argument("--atol", type=float, default=None, help="absolute tolerance for every output")
     c.add_argument("--rtol", type=float, default=None, help="relative tolerance for every output")
+    e = sub.add_parser("export", help="write each target's model file and manifest.json")
+    e.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    e.add_argument("--to", required=True, help=f"comma-separated, from {','.join(LOWERINGS)}")
+    e.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created if missing)")
+    e.add_argument("--passes", default=None, help="comma-separated pass names to run before lowering")
+    e.add_argument("--dynamic", action="store_true",
+                   help="let every input dimension vary (torch.export keeps static what the model fixes)")
     return parser
 
 
@@ -50,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal noise
     try:
-        return _check(args)
+        return _COMMANDS[args.command](args)
     except InputError as exc:
         print(f"crossgraph: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -62,9 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PARITY
 
 
+def _no_passes(names: str | None) -> None:
+    if names:
+        raise InputError(f"unknown pass(es) {names}: no passes are registered in this version")
+
+
 def _check(args: argparse.Namespace) -> int:
-    if args.passes:
-        raise InputError(f"unknown pass(es) {args.passes}: no passes are registered in this version")
+    _no_passes(args.passes)
     try:
         policy = TolerancePolicy().with_override(args.atol, args.rtol)
     except ValueError as exc:
@@ -80,6 +94,22 @@ def _check(args: argparse.Namespace) -> int:
     if args.junit_path:
         report.write_junit(args.junit_path)
     return report.exit_code
+
+
+def _export(args: argparse.Namespace) -> int:
+    _no_passes(args.passes)
+    targets = [t.strip() for t in args.to.split(",") if t.strip()]
+    model, inputs = spec_loader.load(args.spec)
+    graph = capture(model, inputs, auto_dynamic_shapes(inputs) if args.dynamic else None)
+    manifest = export(graph, targets, args.out, spec=args.spec)
+    for target, entry in manifest["artifacts"].items():
+        print(f"{target:9s} {Path(args.out) / entry['file']}  ({entry['bytes']:,} bytes, sha256 "
+              f"{entry['sha256'][:12]})")
+    print(f"manifest  {Path(args.out) / 'manifest.json'}")
+    return EXIT_OK
+
+
+_COMMANDS = {"check": _check, "export": _export}
 
 
 if __name__ == "__main__":

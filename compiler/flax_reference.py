@@ -24,6 +24,15 @@ def unavailable(subject: Subject) -> str | None:
     return None
 
 
+def load_factory(reference: str) -> Callable[[Any, Any], Any]:
+    """The `(config, jax params) -> nnx.Module` function a "module:function" reference names."""
+    module_name, _, attr = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise InputError(f"Flax reference '{reference}' cannot be loaded: {exc}") from exc
+
+
 def build(model: FunctionalModel) -> Callable[..., Any]:
     """The reference as a jitted function of jax arrays."""
     import jax
@@ -31,11 +40,7 @@ def build(model: FunctionalModel) -> Callable[..., Any]:
 
     from crossgraph.models.convert import to_jax
 
-    module_name, _, attr = (model.flax_reference or "").partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InputError(f"Flax reference '{model.flax_reference}' cannot be loaded: {exc}") from exc
+    factory = load_factory(model.flax_reference or "")
     graphdef, state = nnx.split(factory(model.config, to_jax(model.params)))
     jitted = jax.jit(lambda st, *xs: nnx.merge(graphdef, st)(*xs))
     return lambda *xs: jitted(state, *xs)

@@ -36,7 +36,7 @@ def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
 
 
 def _run_target(target: Target, subject: Subject, reference: list[Any], policy: TolerancePolicy) -> TargetResult:
-    reason = "not implemented yet in this version" if target.run is None else target.unavailable(subject)
+    reason = target.unavailable(subject)
     if reason:
         return TargetResult(status="skipped", error=reason)
     start = time.perf_counter()

@@ -1,0 +1,198 @@
+"""The `onnx` target: torch.onnx's dynamo exporter (onnxscript) turns the Graph's ExportedProgram into one ONNX
+file with the weights embedded and the Graph's dynamic dimensions as symbolic dim_params; ONNX Runtime runs it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from crossgraph.compiler.artifact import Artifact
+from crossgraph.compiler.subject import to_numpy
+from crossgraph.graphs import Graph, InputError, UnsupportedOpError
+
+try:
+    import onnx
+    import onnxruntime as ort
+    import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter is built on it)
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+except ImportError as _exc:
+    _MISSING: str | None = f"{_exc.name or _exc} is not installed (pip install onnx onnxscript onnxruntime)"
+else:
+    _MISSING = None
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+"""Preferred over the CPU when this onnxruntime build has them, in ONNX Runtime's recommended order."""
+
+MAX_EMBEDDED_BYTES = 2**31 - 1
+"""Protobuf's limit on one serialized message: the most weights one self-contained .onnx file can hold."""
+
+_NO_TRANSLATION = re.compile(r"No ONNX function found for "
+                             r"<OpOverload\(op='(?P<op>[^']+)', overload='(?P<overload>[^']+)'\)>")
+
+
+def unavailable() -> str | None:
+    """Why the target cannot run here (onnx, onnxscript or onnxruntime not importable), or None."""
+    return _MISSING
+
+
+def lower(graph: Graph, *, opset: int | None = None, providers: list[str] | None = None) -> OnnxArtifact:
+    """Export `graph` to ONNX (default opset of the exporter unless `opset`) and open it in ONNX Runtime."""
+    return OnnxArtifact(graph, export(graph, opset=opset), providers)
+
+
+def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
+    """The Graph as a self-contained ONNX model whose inputs and outputs carry the Graph's names.
+
+    An op the exporter cannot translate raises UnsupportedOpError naming the op and the user's source line.
+    """
+    with _quiet_exporter():
+        try:
+            program = torch.onnx.export(graph.exported, (), dynamo=True, input_names=graph.input_names,
+                                        output_names=graph.output_names, opset_version=opset, verbose=False)
+        except Exception as exc:  # the exporter wraps every failure; an untranslatable op is told apart here
+            unsupported = _unsupported_op(graph, exc)
+            if unsupported is not None:
+                raise unsupported from exc
+            exc.add_note(f"crossgraph: while exporting graph '{graph.name}' to ONNX; innermost error: "
+                         f"{_innermost(exc)}")
+            raise
+    weight_bytes = sum(v.const_value.nbytes for v in program.model.graph.initializers.values()
+                       if v.const_value is not None)
+    if weight_bytes > MAX_EMBEDDED_BYTES:
+        raise InputError(f"graph '{graph.name}' has {weight_bytes / 2**30:.2f} GiB of weights, over the 2 GiB a "
+                         "self-contained ONNX file can hold; external-data ONNX files are not supported yet")
+    model = program.model_proto
+    model.graph.name = graph.name
+    return model
+
+
+class OnnxSession:
+    """An ONNX model open in ONNX Runtime: called on numpy arrays (fed by input name), returns outputs in order."""
+
+    def __init__(self, model: onnx.ModelProto, providers: Sequence[str] | None = None) -> None:
+        self.model = model
+        self.session = ort.InferenceSession(model.SerializeToString(), providers=choose_providers(providers))
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        if len(inputs) != len(self.input_names):
+            raise InputError(f"the ONNX model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                             f"got {len(inputs)}")
+        try:
+            return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
+        except InvalidArgument as exc:
+            raise InputError(f"ONNX Runtime rejected the inputs: {_first_line(exc)}") from exc
+
+    def manifest(self) -> dict[str, Any]:
+        """Opset, IR version, library versions and the providers the session really uses."""
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), None)
+        return {"opset": opset, "ir_version": self.model.ir_version, "onnx_version": onnx.__version__,
+                "onnxruntime_version": ort.__version__, "providers": self.session.get_providers()}
+
+
+class OnnxArtifact(Artifact):
+    """A Graph lowered to ONNX: the ModelProto (`model`) and its ONNX Runtime session (`session`)."""
+
+    target = "onnx"
+    filename = "model.onnx"
+
+    def __init__(self, graph: Graph, model: onnx.ModelProto, providers: Sequence[str] | None = None) -> None:
+        super().__init__(graph)
+        self.runtime = OnnxSession(model, providers)
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.runtime.model
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        return self.runtime.session
+
+    def run(self, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        return self.runtime(*(to_numpy(t) for t in inputs))
+
+    def write(self, path: Path) -> None:
+        """One protobuf file with the weights inside (no external data)."""
+        path.write_bytes(self.model.SerializeToString())
+
+    def manifest(self) -> dict[str, Any]:
+        return self.runtime.manifest()
+
+
+def load(path: str | os.PathLike[str], providers: Sequence[str] | None = None) -> OnnxSession:
+    """Open a saved model.onnx in ONNX Runtime; a missing, corrupt or foreign file is an InputError naming it."""
+    if _MISSING:
+        raise InputError(f"cannot load {path}: {_MISSING}")
+    if not os.path.isfile(path):
+        raise InputError(f"no ONNX model at {path}")
+    chosen = choose_providers(providers)
+    try:
+        model = onnx.load(os.fspath(path))
+        onnx.checker.check_model(model)
+        return OnnxSession(model, chosen)
+    except Exception as exc:  # protobuf, the checker and onnxruntime each raise their own types for a bad file
+        raise InputError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
+    """`requested` if this onnxruntime has them all; by default its GPU providers first, the CPU always last."""
+    available = ort.get_available_providers()
+    if requested is None:
+        return [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    missing = [p for p in requested if p not in available]
+    if missing or not requested:
+        raise InputError(f"ONNX Runtime here cannot use {', '.join(missing) or 'an empty provider list'}; "
+                         f"available: {', '.join(available)}")
+    return list(requested)
+
+
+def _unsupported_op(graph: Graph, exc: BaseException) -> UnsupportedOpError | None:
+    """The UnsupportedOpError behind an export failure, when the exporter found no translation for an op."""
+    for error in _chain(exc):
+        found = _NO_TRANSLATION.search(str(error))
+        if found is None:
+            continue
+        op = f"{found['op']}.{found['overload']}"
+        # None when the op came from the exporter's own decompositions rather than from a node of the graph
+        node = next((n for n in graph.fx.nodes if n.op == "call_function" and str(n.target) == op), None)
+        prov = graph.provenance(node) if node is not None else None
+        return UnsupportedOpError(op, "onnx", str(prov) if prov else "")
+    return None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _innermost(exc: BaseException) -> str:
+    last = list(_chain(exc))[-1]
+    return f"{type(last).__name__}: {_first_line(last)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs a warning per missing optional package (torchvision) on every export; hold them back."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
