@@ -270,7 +270,10 @@ def test_corrupt_or_foreign_file_raises_input_error(lowered: Callable[[str], Low
     assert not unpickled
 
 
-def test_unavailable_without_a_cpp_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unavailable_without_a_cpp_compiler() -> None:
     assert inductor.unavailable() is None
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("no-such-compiler++",))
-    assert "C++ compiler" in str(inductor.unavailable())
+    # config.patch restores the setting; monkeypatch's undo deletes it from Inductor's config module instead
+    with torch._inductor.config.patch({"cpp.cxx": ("no-such-compiler++",)}):
+        assert "C++ compiler" in str(inductor.unavailable())
+    assert torch._inductor.config.cpp.cxx != ("no-such-compiler++",)
+    assert inductor.unavailable() is None
