@@ -1,9 +1,9 @@
 """The `jax` target: crossgraph's own lowering of core-ATen Graphs to JAX.
 
-One op table (`registry`) filled by family modules (elementwise, reductions, shape, nn, pooling, linalg, indexing,
-creation, symbolic); an interpreter that turns a Graph into a pure `fn(params, *inputs)`; an Artifact that runs it
-under jax.jit and saves it as a `jax.export` module. Width policy: `jax_enable_x64` stays off, int64 is computed as
-int32 and float64 is refused (see `dtypes`). jax is imported on first use, so `unavailable()` can report its absence.
+One op table (`registry`) filled by family modules (see `registry.FAMILIES`); an interpreter that turns a Graph
+into a pure `fn(params, *inputs)`; an Artifact that runs it under jax.jit and saves it as a `jax.export` module.
+Width policy: `jax_enable_x64` stays off, int64 is computed as int32 and float64 is refused (see `dtypes`).
+jax is imported on first use, so `unavailable()` can report its absence.
 """
 
 from __future__ import annotations

@@ -46,8 +46,8 @@ def digamma(x: Array) -> Array:
 
 def hurwitz_zeta(s: Array, q: Array) -> Array:
     """zeta(s, q) = sum_k (q + k)^-s, also for negative q (JAX's zeta is wrong there): negative q is shifted up
-    by m = ceil(-q) with zeta(s, q) = zeta(s, q + m) + sum_{k < m} (q + k)^-s. Poles (q a non-positive integer)
-    give inf; negative q with a non-integer s gives NaN, as in torch."""
+    by m = ceil(-q) with zeta(s, q) = zeta(s, q + m) + sum_{k < m} (q + k)^-s. As in torch: s = 1 and the poles
+    (q a non-positive integer) give inf, s < 1 and a negative q with a non-integer s give NaN."""
     s, q = jnp.broadcast_arrays(s, q)
     shift = jnp.maximum(jnp.ceil(-q), 0)
 
@@ -61,7 +61,8 @@ def hurwitz_zeta(s: Array, q: Array) -> Array:
     _, head = lax.while_loop(more, add_term, (jnp.zeros_like(q), jnp.zeros_like(q)))
     out = jsp.zeta(s, q + shift) + head
     out = jnp.where((q < 0) & (s != jnp.floor(s)), jnp.nan, out)
-    return jnp.where((q <= 0) & (q == jnp.floor(q)), jnp.inf, out)
+    out = jnp.where((q <= 0) & (q == jnp.floor(q)), jnp.inf, out)
+    return jnp.where(s == 1, jnp.inf, jnp.where(s < 1, jnp.nan, out))
 
 
 def _register(targets: dict[Any, Callable[..., Array]], **how: bool) -> None:

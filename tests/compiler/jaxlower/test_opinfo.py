@@ -34,6 +34,7 @@ UNREACHABLE: dict[str, str] = {
 
 @functools.lru_cache(maxsize=1)
 def database() -> dict[str, Any]:
+    """torch's OpInfo database, loaded once per process."""
     return harness.op_db()
 
 
