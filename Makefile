@@ -7,7 +7,7 @@ STAMP := $(VENV)/.crossgraph-installed
 TORCH := torch==2.13.0
 JOBS ?= 2
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -q
+
+# Not part of CI: several minutes of GPT-2 small on every target; writes bench/results/ and the README table.
+bench: setup
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

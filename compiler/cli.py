@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from crossgraph.compiler import benchmark
 from crossgraph.compiler import spec as spec_loader
 from crossgraph.compiler.export import auto_dynamic_shapes, export
 from crossgraph.compiler.lower import LOWERINGS
@@ -50,6 +51,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--passes", default=None, help="comma-separated pass names to run before lowering")
     e.add_argument("--dynamic", action="store_true",
                    help="let every input dimension vary (torch.export keeps static what the model fixes)")
+    b = sub.add_parser("bench", help="time a model on each target and on the tools a user would pick instead")
+    b.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    b.add_argument("--targets", default=None, help=f"comma-separated, from {','.join(benchmark.TARGETS)} "
+                   f"(default: {','.join(benchmark.DEFAULT_TARGETS)})")
+    b.add_argument("--peers", default=None, help=f"comma-separated, from {','.join(benchmark.PEERS)} "
+                   "(default: all; 'none' for none)")
+    b.add_argument("--json", dest="json_path", metavar="PATH",
+                   help="write the results here, with the Markdown table (.md) and chart (.png) beside it")
+    b.add_argument("--out", metavar="DIR", help="write DIR/<machine>-<date>.json (and .md, .png)")
+    b.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes (default 1,8); dim 0 of "
+                   "every input is the batch")
+    b.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every runtime (default: every CPU this process may use)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
+    b.add_argument("--runs", type=int, default=10, help="at least this many timed calls (default 10)")
+    b.add_argument("--min-seconds", type=float, default=1.0,
+                   help="and at least this many seconds of them, up to 20x --runs (default 1.0)")
+    b.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed calls, a small matmul peak")
+    b.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
     return parser
 
 
@@ -109,7 +129,46 @@ def _export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "export": _export}
+def _names(value: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    if value is None:
+        return tuple(default)
+    return () if value.strip() == "none" else tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _bench(args: argparse.Namespace) -> int:
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(","))
+        runs = benchmark.QUICK_RUNS if args.quick else benchmark.Runs(
+            warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds, max_runs=20 * max(args.runs, 1))
+    except ValueError as exc:
+        raise InputError(f"bad bench settings: {exc}") from exc
+    threads = args.threads or len(benchmark.schedulable_cpus())
+    benchmark.pin_threads(threads)  # before jax and ONNX Runtime size their thread pools
+    settings = benchmark.Settings(targets=_names(args.targets, benchmark.DEFAULT_TARGETS),
+                                  peers=_names(args.peers, benchmark.PEERS), batch_sizes=batch_sizes, runs=runs,
+                                  threads=threads, quick=args.quick)
+    settings.runtimes()  # bad names fail before the model is built
+    torch.manual_seed(args.seed)
+    model, inputs = spec_loader.load(args.spec)
+    results = benchmark.bench(model, inputs, settings, spec=args.spec)
+    print(benchmark.markdown(results))
+    paths = []
+    if args.json_path:
+        paths += benchmark.write(results, args.json_path)
+    if args.out:
+        paths += benchmark.write(results, Path(args.out) / f"{benchmark.results_stem(results['machine'])}.json")
+    for path in paths:
+        print(f"wrote {path}")
+    failed = [f"{name} at batch {batch}" for batch, data in results["batches"].items()
+              for name, e in data["runtimes"].items()
+              if e["status"] == "error" or (e["status"] == "ok" and e["parity"]["status"] != "pass")]
+    if failed:
+        print(f"crossgraph bench: errors or parity failures: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_PARITY
+    return EXIT_OK
+
+
+_COMMANDS = {"check": _check, "export": _export, "bench": _bench}
 
 
 if __name__ == "__main__":

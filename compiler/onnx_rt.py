@@ -42,9 +42,11 @@ def unavailable() -> str | None:
     return _MISSING
 
 
-def lower(graph: Graph, *, opset: int | None = None, providers: list[str] | None = None) -> OnnxArtifact:
-    """Export `graph` to ONNX (default opset of the exporter unless `opset`) and open it in ONNX Runtime."""
-    return OnnxArtifact(graph, export(graph, opset=opset), providers)
+def lower(graph: Graph, *, opset: int | None = None, providers: list[str] | None = None,
+          threads: int | None = None) -> OnnxArtifact:
+    """Export `graph` to ONNX (default opset of the exporter unless `opset`) and open it in ONNX Runtime
+    (`threads` intra-op threads; ONNX Runtime's default when None)."""
+    return OnnxArtifact(graph, export(graph, opset=opset), providers, threads)
 
 
 def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
@@ -52,7 +54,7 @@ def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
 
     An op the exporter cannot translate raises UnsupportedOpError naming the op and the user's source line.
     """
-    with _quiet_exporter():
+    with quiet_exporter():
         try:
             program = torch.onnx.export(graph.exported, (), dynamo=True, input_names=graph.input_names,
                                         output_names=graph.output_names, opset_version=opset, verbose=False)
@@ -76,9 +78,11 @@ def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
 class OnnxSession:
     """An ONNX model open in ONNX Runtime: called on numpy arrays (fed by input name), returns outputs in order."""
 
-    def __init__(self, model: onnx.ModelProto, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, model: onnx.ModelProto, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
         self.model = model
-        self.session = ort.InferenceSession(model.SerializeToString(), providers=choose_providers(providers))
+        self.session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
+                                            providers=choose_providers(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -104,9 +108,10 @@ class OnnxArtifact(Artifact):
     target = "onnx"
     filename = "model.onnx"
 
-    def __init__(self, graph: Graph, model: onnx.ModelProto, providers: Sequence[str] | None = None) -> None:
+    def __init__(self, graph: Graph, model: onnx.ModelProto, providers: Sequence[str] | None = None,
+                 threads: int | None = None) -> None:
         super().__init__(graph)
-        self.runtime = OnnxSession(model, providers)
+        self.runtime = OnnxSession(model, providers, threads)
 
     @property
     def model(self) -> onnx.ModelProto:
@@ -140,6 +145,14 @@ def load(path: str | os.PathLike[str], providers: Sequence[str] | None = None) -
         return OnnxSession(model, chosen)
     except Exception as exc:  # protobuf, the checker and onnxruntime each raise their own types for a bad file
         raise InputError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """ONNX Runtime's default session options, with the intra-op thread count set when `threads` is given."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
 
 
 def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
@@ -187,7 +200,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
+def quiet_exporter() -> Iterator[None]:
     """The exporter logs a warning per missing optional package (torchvision) on every export; hold them back."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
