@@ -67,7 +67,7 @@ def markdown(results: dict[str, Any], *, chart: str | None = None) -> str:
             lines.append(f"| {name} | {e['kind']} | {e['first_call']['seconds']:.2f} | "
                          f"{e['latency']['median'] * 1e3:.2f} | {e['latency']['p90'] * 1e3:.2f} | "
                          f"{e['throughput']:.1f} | {e['achieved_flops'] / 1e9:.3g} | "
-                         f"{e['fraction_of_peak'] * 100:.2g}% | {e['peak_rss_bytes'] / MIB:.0f}, "
+                         f"{e['fraction_of_peak'] * 100:.0f}% | {e['peak_rss_bytes'] / MIB:.0f}, "
                          f"+{e['rss_growth_bytes'] / MIB:.0f} | {file_mib} | "
                          f"{parity} |")
         lines.append("")
@@ -110,7 +110,8 @@ def chart(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
         colors = ["tab:blue" if e["kind"] == "target" else "tab:gray" for _, e in timed]
         ax.barh(names, medians, xerr=[[0] * len(medians), whiskers], color=colors, capsize=3)
         for y, (value, whisker) in enumerate(zip(medians, whiskers)):
-            ax.text(value + whisker, y, f"  {value:.3g}", va="center", fontsize=8)
+            label = f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+            ax.text(value + whisker, y, f"  {label}", va="center", fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("median latency, ms (whisker: p90)")
         ax.set_title(f"batch {batch}")
