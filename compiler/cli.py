@@ -17,11 +17,15 @@ from crossgraph.compiler import spec as spec_loader
 from crossgraph.compiler.export import auto_dynamic_shapes, export
 from crossgraph.compiler.lower import LOWERINGS
 from crossgraph.compiler.parity import check
+from crossgraph.compiler.pipeline import DEFAULTS as DEFAULT_PIPELINES
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
+from crossgraph import passes
 from crossgraph.graphs import InputError, capture
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
+_PASSES_HELP = ("comma-separated pass or pipeline names run before every target (default: each target's own "
+                "pipeline; 'none' for no passes); `crossgraph passes` lists them")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
     c.add_argument("--targets", default=None,
                    help=f"comma-separated, from {','.join(TARGETS)} (default: all)")
-    c.add_argument("--passes", default=None, help="comma-separated pass names to run before lowering")
+    c.add_argument("--passes", default=None, help=_PASSES_HELP)
     c.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON report here")
     c.add_argument("--junit", dest="junit_path", metavar="PATH", help="write a JUnit XML report here")
     c.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
@@ -48,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
     e.add_argument("--to", required=True, help=f"comma-separated, from {','.join(LOWERINGS)}")
     e.add_argument("--out", required=True, metavar="DIR", help="directory for the files (created if missing)")
-    e.add_argument("--passes", default=None, help="comma-separated pass names to run before lowering")
+    e.add_argument("--passes", default=None, help=_PASSES_HELP)
     e.add_argument("--dynamic", action="store_true",
                    help="let every input dimension vary (torch.export keeps static what the model fixes)")
     b = sub.add_parser("bench", help="time a model on each target and on the tools a user would pick instead")
@@ -69,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--min-seconds", type=float, default=1.0,
                    help="and at least this many seconds of them, up to 20x --runs (default 1.0)")
     b.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed calls, a small matmul peak")
+    b.add_argument("--passes", default=None, help=_PASSES_HELP)
     b.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    sub.add_parser("passes", help="list every pass with its one-line description, and the pipelines")
     return parser
 
 
@@ -92,20 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PARITY
 
 
-def _no_passes(names: str | None) -> None:
-    if names:
-        raise InputError(f"unknown pass(es) {names}: no passes are registered in this version")
-
-
 def _check(args: argparse.Namespace) -> int:
-    _no_passes(args.passes)
     try:
         policy = TolerancePolicy().with_override(args.atol, args.rtol)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     torch.manual_seed(args.seed)
     model, inputs = spec_loader.load(args.spec)
-    report = check(model, inputs, args.targets, policy=policy, spec=args.spec)
+    report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes)
     print(f"crossgraph check {args.spec}: {len(report.output_names)} output(s), "
           f"captured in {report.capture_seconds:.2f}s")
     print(report.table())
@@ -117,11 +117,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    _no_passes(args.passes)
     targets = [t.strip() for t in args.to.split(",") if t.strip()]
     model, inputs = spec_loader.load(args.spec)
     graph = capture(model, inputs, auto_dynamic_shapes(inputs) if args.dynamic else None)
-    manifest = export(graph, targets, args.out, spec=args.spec)
+    manifest = export(graph, targets, args.out, spec=args.spec, passes=args.passes)
     for target, entry in manifest["artifacts"].items():
         print(f"{target:9s} {Path(args.out) / entry['file']}  ({entry['bytes']:,} bytes, sha256 "
               f"{entry['sha256'][:12]})")
@@ -146,7 +145,7 @@ def _bench(args: argparse.Namespace) -> int:
     benchmark.pin_threads(threads)  # before jax and ONNX Runtime size their thread pools
     settings = benchmark.Settings(targets=_names(args.targets, benchmark.DEFAULT_TARGETS),
                                   peers=_names(args.peers, benchmark.PEERS), batch_sizes=batch_sizes, runs=runs,
-                                  threads=threads, quick=args.quick)
+                                  threads=threads, quick=args.quick, passes=args.passes)
     settings.runtimes()  # bad names fail before the model is built
     torch.manual_seed(args.seed)
     model, inputs = spec_loader.load(args.spec)
@@ -168,7 +167,19 @@ def _bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "export": _export, "bench": _bench}
+def _passes(args: argparse.Namespace) -> int:
+    width = max(len(name) for name, _ in passes.available())
+    for name, description in passes.available():
+        print(f"{name:{width}s}  {description}")
+    print("\npipelines (usable in --passes; targets run theirs by default):")
+    for name, names in passes.PIPELINES.items():
+        targets = [t for t, pipeline in DEFAULT_PIPELINES.items() if pipeline == name]
+        used = f"  (default for {', '.join(targets)})" if targets else ""
+        print(f"  {name}: {' -> '.join(names)}{used}")
+    return EXIT_OK
+
+
+_COMMANDS = {"check": _check, "export": _export, "bench": _bench, "passes": _passes}
 
 
 if __name__ == "__main__":

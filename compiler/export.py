@@ -18,6 +18,7 @@ import torch
 
 from crossgraph.compiler.artifact import atomic_path
 from crossgraph.compiler.lower import LOWERINGS, lower
+from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.graphs import Graph, InputError
 
 FORMAT = "crossgraph.export/1"
@@ -46,15 +47,19 @@ def describe_io(graph: Graph) -> dict[str, list[dict[str, Any]]]:
             "outputs": [spec(n, node.meta.get("val")) for n, node in zip(graph.output_names, outputs)]}
 
 
-def export(graph: Graph, targets: Sequence[str], out: str | Path, *, spec: str = "") -> dict[str, Any]:
-    """Write one file per target and manifest.json into `out`; returns the manifest.
+def export(graph: Graph, targets: Sequence[str], out: str | Path, *, spec: str = "",
+           passes: Passes = None) -> dict[str, Any]:
+    """Run each target's passes (its default pipeline unless `passes` says otherwise), write one file per
+    target and manifest.json into `out`; returns the manifest.
 
-    Raises InputError for unknown targets before writing anything; a target that fails to lower raises after
-    the files of the targets before it (and their manifest) are in place.
+    Raises InputError for unknown targets or passes before writing anything; a target that fails in its passes
+    or its lowering raises after the files of the targets before it (and their manifest) are in place.
     """
     unknown = [t for t in targets if t not in LOWERINGS]
     if unknown or not targets:
         raise InputError(f"cannot export to {unknown or 'no targets'}; targets: {', '.join(LOWERINGS)}")
+    pass_lists = {t: passes_for(t, passes) for t in targets}
+    pipelines = Pipelines(graph)
     out = Path(out)
     manifest: dict[str, Any] = {
         "format": FORMAT, "spec": spec, "model": graph.name,
@@ -64,10 +69,11 @@ def export(graph: Graph, targets: Sequence[str], out: str | Path, *, spec: str =
     }
     try:
         for target in dict.fromkeys(targets):
-            artifact = lower(graph, target)
+            artifact = lower(pipelines.run(pass_lists[target])[0], target)
             path = artifact.save(out)
             manifest["artifacts"][target] = {"target": target, "file": path.name, "bytes": path.stat().st_size,
-                                             "sha256": sha256(path), **artifact.manifest()}
+                                             "sha256": sha256(path), "passes": list(pass_lists[target]),
+                                             **artifact.manifest()}
     finally:
         if manifest["artifacts"]:
             with atomic_path(out / "manifest.json") as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from typing import Any, Sequence
@@ -9,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from crossgraph.compiler.compare import compare_outputs
+from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.compiler.report import ParityReport, TargetResult
 from crossgraph.compiler.subject import Subject
 from crossgraph.compiler.targets import Target, resolve
@@ -18,11 +20,14 @@ from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
 
 def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor],
           targets: Sequence[str] | str | None = ("eager", "flax"), *, policy: TolerancePolicy | None = None,
-          graph: Graph | None = None, dynamic_shapes: Any = None, spec: str = "") -> ParityReport:
-    """Capture `model` (unless `graph` is given), run it on each target, and compare every output with the
-    model run eagerly as written. Bad input (targets, capture) raises InputError; a target that fails to
-    lower or run is reported as `error`, never raised."""
+          graph: Graph | None = None, dynamic_shapes: Any = None, spec: str = "",
+          passes: Passes = None) -> ParityReport:
+    """Capture `model` (unless `graph` is given), run each target's passes (its default pipeline unless `passes`
+    says otherwise, see compiler.pipeline), run it, and compare every output with the model run eagerly as
+    written. Bad input (targets, pass names, capture) raises InputError; a target that fails in its passes, its
+    lowering or its run is reported as `error`, never raised."""
     chosen = resolve(targets)
+    pass_lists = {t.name: passes_for(t.name, passes) for t in chosen}
     policy = policy or TolerancePolicy()
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     start = time.perf_counter()
@@ -30,17 +35,20 @@ def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
     capture_seconds = time.perf_counter() - start
     subject = Subject(model, graph, inputs)
     reference = subject.reference(inputs)
-    results = {t.name: _run_target(t, subject, reference, policy) for t in chosen}
+    pipelines = Pipelines(graph)
+    results = {t.name: _run_target(t, subject, reference, policy, pipelines, pass_lists[t.name]) for t in chosen}
     return ParityReport(spec=spec or graph.name, targets=results, capture_seconds=capture_seconds,
                         output_names=graph.output_names)
 
 
-def _run_target(target: Target, subject: Subject, reference: list[Any], policy: TolerancePolicy) -> TargetResult:
+def _run_target(target: Target, subject: Subject, reference: list[Any], policy: TolerancePolicy,
+                pipelines: Pipelines, pass_names: tuple[str, ...]) -> TargetResult:
     reason = target.unavailable(subject)
     if reason:
         return TargetResult(status="skipped", error=reason)
     start = time.perf_counter()
     try:
+        subject = dataclasses.replace(subject, graph=pipelines.run(pass_names)[0])
         outputs = target.run(subject, subject.example_inputs)
     except Exception as exc:  # a target failing to lower or run is a result to report, not a crash
         detail = "" if isinstance(exc, InputError) else "\n" + "".join(traceback.format_exception(exc)[-3:])

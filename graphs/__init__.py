@@ -1,5 +1,6 @@
 """crossgraph.graphs: capture models with torch.export into Graphs that carry names, provenance, annotations."""
 
+from crossgraph.graphs import dialect  # noqa: F401  (registers the crossgraph:: ops, which saved graphs may hold)
 from crossgraph.graphs.annotations import Annotation
 from crossgraph.graphs.capture import capture
 from crossgraph.graphs.errors import CaptureError, CrossgraphError, InputError, UnsupportedOpError

@@ -1,1 +1,14 @@
-"""crossgraph.passes: graph-to-graph rewrites (fusion, quantization, sharding). None are registered yet."""
+"""crossgraph.passes: verified Graph -> Graph rewrites, registered by name, run by a PassManager.
+
+Importing this package registers every pass (`available()` lists them; `crossgraph passes` prints them).
+"""
+
+from crossgraph.passes.errors import PassError
+from crossgraph.passes.registry import Pass, available, register, resolve
+from crossgraph.passes.manager import PassManager, PassRecord, PassRun
+from crossgraph.passes.rewrite import replace_pattern, trace_pattern
+from crossgraph.passes import noop_removal, cse, constant_folding, dead_code  # noqa: F401  (registration)
+from crossgraph.passes.pipelines import CLEANUP, PIPELINES, expand
+
+__all__ = ["CLEANUP", "PIPELINES", "Pass", "PassError", "PassManager", "PassRecord", "PassRun", "available",
+           "expand", "register", "replace_pattern", "resolve", "trace_pattern"]

@@ -17,6 +17,7 @@ from crossgraph.compiler.benchmark import machine
 from crossgraph.compiler.benchmark.runtimes import PEERS, TARGETS, Built, Case, Runtime
 from crossgraph.compiler.benchmark.timing import Latency, PeakMemory, Runs, measure
 from crossgraph.compiler.compare import compare_outputs
+from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import FunctionalModel, InputError, capture
 
@@ -35,6 +36,7 @@ class Settings:
     runs: Runs = Runs()
     threads: int = 1
     quick: bool = False
+    passes: Passes = None  # each target's default pipeline; see compiler.pipeline
 
     def runtimes(self) -> list[Runtime]:
         """The chosen targets then the chosen peers; unknown names are an InputError."""
@@ -49,6 +51,8 @@ class Settings:
             raise InputError("nothing to time: no targets and no peers")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise InputError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        for target in self.targets:
+            passes_for(target, self.passes)  # unknown pass names fail here, before anything is built
         return [TARGETS[t] for t in dict.fromkeys(self.targets)] + [PEERS[p] for p in dict.fromkeys(self.peers)]
 
 
@@ -86,6 +90,7 @@ def bench(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
         "machine": description, "matmul_peak_flops": peak,
         "settings": {"targets": list(settings.targets), "peers": list(settings.peers),
                      "batch_sizes": list(settings.batch_sizes), "quick": settings.quick,
+                     "passes": {t: list(passes_for(t, settings.passes)) for t in settings.targets},
                      "runs": dataclasses.asdict(settings.runs)},
         "batches": {}}
     bar = _progress(len(settings.batch_sizes) * (len(runtimes) + 1), progress)
@@ -96,7 +101,7 @@ def bench(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
             start = time.perf_counter()
             graph = capture(model, inputs)
             capture_seconds = time.perf_counter() - start
-            case = Case(model, graph, inputs, settings.threads)
+            case = Case(model, graph, inputs, settings.threads, settings.passes, Pipelines(graph))
             flops = count_flops(lambda: graph(*inputs))
             reference = case.subject.reference(inputs)
             results.setdefault("model", {"name": graph.name, "parameters": graph.num_parameters(),

@@ -19,6 +19,7 @@ import torch.utils._pytree as pytree
 
 from crossgraph.compiler import flax_reference
 from crossgraph.compiler.lower import unavailable as lowering_unavailable
+from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.compiler.subject import Subject, to_numpy
 from crossgraph.graphs import FunctionalModel, Graph
 from crossgraph.graphs.functional import FunctionalModule
@@ -26,12 +27,21 @@ from crossgraph.graphs.functional import FunctionalModule
 
 @dataclasses.dataclass
 class Case:
-    """One thing to time: the model as written, its Graph captured at these inputs, and the thread count."""
+    """One thing to time: the model as written, its Graph captured at these inputs, the thread count, and the
+    passes setting with the pipelines already run for it (shared by the targets)."""
 
     model: Any
     graph: Graph
     inputs: tuple[torch.Tensor, ...]
     threads: int
+    passes: Passes = None
+    pipelines: Pipelines | None = None
+
+    def graph_for(self, target: str, phases: "Phases") -> Graph:
+        """The graph after `target`'s passes; their time (when they first ran) is the `passes` phase."""
+        pipelines = self.pipelines or Pipelines(self.graph)
+        graph, phases["passes"] = pipelines.run(passes_for(target, self.passes))
+        return graph
 
     @property
     def subject(self) -> Subject:
@@ -84,17 +94,19 @@ def _as_module(case: Case) -> torch.nn.Module:
 # ---- crossgraph's targets ---------------------------------------------------------------------------------------
 def _eager(case: Case) -> Built:
     phases = Phases()
+    graph = case.graph_for("eager", phases)
     with phases("lower"):
-        case.graph.module()
-    return Built(lambda: [to_numpy(t) for t in case.graph(*case.inputs)], phases)
+        graph.module()
+    return Built(lambda: [to_numpy(t) for t in graph(*case.inputs)], phases)
 
 
 def _inductor(case: Case) -> Built:
     from crossgraph.compiler import inductor
 
     phases = Phases()
+    graph = case.graph_for("inductor", phases)
     with phases("lower"):  # AOTInductor: code generation, the C++ build and loading the package
-        artifact = inductor.lower(case.graph)
+        artifact = inductor.lower(graph)
     return Built(lambda: artifact.run(case.inputs), phases, lambda: artifact.package.path.stat().st_size)
 
 
@@ -102,8 +114,9 @@ def _onnx(case: Case) -> Built:
     from crossgraph.compiler import onnx_rt
 
     phases = Phases()
+    graph = case.graph_for("onnx", phases)
     with phases("lower"):
-        model = onnx_rt.export(case.graph)
+        model = onnx_rt.export(graph)
     with phases("compile"):  # ONNX Runtime's session: graph optimization and kernel selection
         session = onnx_rt.OnnxSession(model, threads=case.threads)
     feeds = [to_numpy(t) for t in case.inputs]
@@ -115,8 +128,9 @@ def _jax(case: Case) -> Built:
     from crossgraph.models.convert import tensor_to_jax
 
     phases = Phases()
+    graph = case.graph_for("jax", phases)
     with phases("lower"):  # ATen-to-JAX translation; jax.jit compiles on the first call
-        artifact = jaxlower.lower(case.graph)
+        artifact = jaxlower.lower(graph)
     feeds = [tensor_to_jax(t) for t in case.inputs]
     return Built(lambda: artifact.run(feeds), phases, lambda: len(artifact.exported().serialize()))
 
@@ -125,8 +139,9 @@ def _tensorrt(case: Case) -> Built:
     from crossgraph.compiler import tensorrt
 
     phases = Phases()
+    graph = case.graph_for("tensorrt", phases)
     with phases("lower"):
-        artifact = tensorrt.lower(case.graph)
+        artifact = tensorrt.lower(graph)
     return Built(lambda: artifact.run(case.inputs), phases)
 
 

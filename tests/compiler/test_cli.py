@@ -110,7 +110,7 @@ def test_missing_flax_reference_is_bad_input(capsys: pytest.CaptureFixture[str])
 
 @pytest.mark.parametrize("argv, message", [
     (["check", "crossgraph.models.mlp:tiny", "--targets", "eager,tpu"], "unknown target(s) tpu"),
-    (["check", "crossgraph.models.mlp:tiny", "--passes", "fuse_attention"], "unknown pass(es)"),
+    (["check", "crossgraph.models.mlp:tiny", "--passes", "fuse_everything"], "unknown pass 'fuse_everything'"),
     (["check", "crossgraph.models.mlp:tiny", "--atol", "-1"], "tolerances must be >= 0"),
     (["check"], "the following arguments are required: SPEC"),
     (["frobnicate"], "invalid choice"),

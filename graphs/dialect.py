@@ -1,0 +1,85 @@
+"""The crossgraph op dialect: fused ops that passes put into a Graph and every target translates.
+
+Each op is a `torch.library` custom op with a reference implementation in plain torch (what eager runs, and the
+decomposition a target may fall back to) and a fake kernel (shapes for export and the pass verifier). Adding an
+op means: define it here, then add one entry to each target's table (inductor, onnx, jax, tensorrt); a missing
+entry is an UnsupportedOpError, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.library.custom_op("crossgraph::attention", mutates_args=())
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
+    """softmax(q @ k^T * scale [masked]) @ v over q [B, H, Sq, D], k and v [B, Hkv, Sk, D] (H a multiple of Hkv:
+    grouped-query attention). `mask` is None, a bool mask (True: attend) or an additive float mask, broadcast to
+    [B, H, Sq, Sk]; `causal` also hides keys after each query (aligned to the end when Sq < Sk)."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = (q @ k.transpose(-2, -1)) * scale
+    lowest = torch.finfo(scores.dtype).min
+    if causal:
+        sq, sk = q.shape[-2], k.shape[-2]
+        keep = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+        scores = scores.masked_fill(~keep, lowest)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
+    return torch.softmax(scores, dim=-1) @ v
+
+
+@attention.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
+    torch._check(q.shape[1] % k.shape[1] == 0, lambda: "query heads must be a multiple of key/value heads")
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+@torch.library.custom_op("crossgraph::add_layer_norm", mutates_args=())
+def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None,
+                   eps: float) -> tuple[Tensor, Tensor]:
+    """(layer_norm(x + residual) over the last dim, x + residual): a residual add and the norm after it."""
+    total = x + residual
+    return F.layer_norm(total, total.shape[-1:], weight, bias, eps), total
+
+
+@add_layer_norm.register_fake
+def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    total = torch.empty_like(x + residual)
+    return torch.empty_like(total), total
+
+
+@torch.library.custom_op("crossgraph::bias_gelu", mutates_args=())
+def bias_gelu(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
+    """gelu(x + bias) with torch's `approximate` ("none": erf, "tanh": the tanh form GPT-2 uses)."""
+    return F.gelu(x + bias, approximate=approximate)
+
+
+@bias_gelu.register_fake
+def _(x: Tensor, bias: Tensor, approximate: str) -> Tensor:
+    return torch.empty_like(x + bias)
+
+
+@torch.library.custom_op("crossgraph::rms_norm", mutates_args=())
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """weight * (x / sqrt(mean(x^2, last dim) + eps)), normalized in float32 and cast back (Llama's RMSNorm)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@rms_norm.register_fake
+def _(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return torch.empty_like(weight * x)
+
+
+OPS: dict[str, torch._ops.OpOverload] = {
+    "attention": torch.ops.crossgraph.attention.default,
+    "add_layer_norm": torch.ops.crossgraph.add_layer_norm.default,
+    "bias_gelu": torch.ops.crossgraph.bias_gelu.default,
+    "rms_norm": torch.ops.crossgraph.rms_norm.default,
+}
+"""Every dialect op by name; each target's table must have an entry for each."""

@@ -1,0 +1,125 @@
+"""ExportedProgram surgery that keeps a Graph valid: structural copies, adding and removing lifted inputs.
+
+torch.export keeps three things in step with the fx graph: the graph signature (one input spec per placeholder,
+in order, parameters/buffers/constants before user inputs; one output spec per output), the state dict
+(parameters, persistent buffers) and `constants` (lifted tensors, non-persistent buffers). Passes change them
+only through these helpers.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Iterable
+
+import torch
+from torch.export import ExportedProgram
+from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+from torch.fx import Node
+
+from crossgraph.graphs import Graph
+from crossgraph.graphs.annotations import META_KEY
+from crossgraph.passes import fake
+
+STATE_KINDS = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+# Where a node came from (torch.export's keys and crossgraph's annotations); carried onto nodes that replace it.
+_PROVENANCE_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "custom", META_KEY)
+# Per-node meta dicts that passes and `annotations.put/encode` mutate in place: never shared between copies.
+_OWNED_META = (META_KEY, "custom")
+
+
+def copy_graph(graph: Graph) -> Graph:
+    """A copy with its own fx graph, node meta, signature and state dicts, sharing every tensor (no weight copy)."""
+    ep = graph.exported
+    fx = torch.fx.Graph()
+    out, old_output = fx.graph_copy(ep.graph, {}, return_output_node=True)
+    fx.output(out).meta = dict(old_output.meta)
+    for node in fx.nodes:
+        for key in _OWNED_META:
+            if key in node.meta:
+                node.meta[key] = dict(node.meta[key])
+    exported = ExportedProgram(
+        root=ep.graph_module, graph=fx, graph_signature=copy.deepcopy(ep.graph_signature),
+        state_dict=dict(ep.state_dict), range_constraints=dict(ep.range_constraints),
+        module_call_graph=copy.deepcopy(ep.module_call_graph), example_inputs=ep.example_inputs,
+        constants=dict(ep.constants), verifiers=list(ep.verifiers))
+    return Graph(exported, name=graph.name, input_names=graph.input_names, output_names=graph.output_names,
+                 constant_kwargs=graph.constant_kwargs)
+
+
+def placeholders(graph: Graph) -> list[Node]:
+    """The placeholders in order (one per input spec), found through fx's node index, not a graph walk."""
+    return graph.fx.find_nodes(op="placeholder")
+
+
+def constant_inputs(graph: Graph) -> dict[Node, torch.Tensor]:
+    """Placeholders of parameters, buffers and lifted constants that no output mutates, with their tensors."""
+    ep = graph.exported
+    mutated = {s.target for s in ep.graph_signature.output_specs if s.target is not None}
+    found: dict[Node, torch.Tensor] = {}
+    for node, spec in zip(placeholders(graph), ep.graph_signature.input_specs):
+        if spec.kind in STATE_KINDS and spec.target not in mutated:
+            tensor = ep.state_dict.get(spec.target, ep.constants.get(spec.target))
+            if isinstance(tensor, torch.Tensor):
+                found[node] = tensor
+    return found
+
+
+def add_constant(graph: Graph, name: str, tensor: torch.Tensor) -> Node:
+    """A new lifted-constant placeholder `c_<name>` holding `tensor` (registered in signature and constants)."""
+    ep = graph.exported
+    taken = set(ep.state_dict) | set(ep.constants)
+    target, suffix = name, 0
+    while target in taken:
+        suffix += 1
+        target = f"{name}_{suffix}"
+    specs = ep.graph_signature.input_specs
+    first_user = next((i for i, s in enumerate(specs) if s.kind == InputKind.USER_INPUT), len(specs))
+    existing = placeholders(graph)
+    anchor = existing[first_user] if first_user < len(existing) else next(
+        n for n in graph.fx.nodes if n.op != "placeholder")
+    mode = fake.fake_mode(graph)
+    with graph.fx.inserting_before(anchor):
+        node = graph.fx.placeholder(f"c_{target}")
+    node.target = node.name
+    node.meta["val"] = mode.from_tensor(tensor, static_shapes=True)
+    specs.insert(first_user, InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(node.name), target, None))
+    ep.constants[target] = tensor
+    return node
+
+
+def remove_inputs(graph: Graph, nodes: Iterable[Node]) -> None:
+    """Erase unused parameter/buffer/constant placeholders and their specs; drop state no spec refers to."""
+    ep = graph.exported
+    drop = set(nodes)
+    specs = ep.graph_signature.input_specs
+    kept, dropped_targets = [], set()
+    for node, spec in zip(placeholders(graph), list(specs)):
+        if node not in drop:
+            kept.append(spec)
+            continue
+        if spec.kind not in STATE_KINDS or node.users:
+            raise ValueError(f"placeholder {node.name} ({spec.kind.name}, {len(node.users)} users) cannot be removed")
+        graph.fx.erase_node(node)
+        dropped_targets.add(spec.target)
+    specs[:] = kept
+    referenced = {s.target for s in kept} | {s.target for s in ep.graph_signature.output_specs}
+    for target in dropped_targets - referenced:
+        ep.state_dict.pop(target, None)
+        ep.constants.pop(target, None)
+
+
+def carry_provenance(source: Node, node: Node) -> None:
+    """Give `node` the provenance and annotations of `source`, the node it replaces (dicts copied, not shared)."""
+    for key in _PROVENANCE_META:
+        if key in source.meta:
+            value = source.meta[key]
+            node.meta[key] = dict(value) if isinstance(value, dict) else value
+
+
+def sync_outputs(graph: Graph) -> None:
+    """Point each output spec at the node the output node now returns (passes replace uses, outputs included)."""
+    outputs = graph.fx.output_node().args[0]
+    for spec, arg in zip(graph.exported.graph_signature.output_specs, outputs):
+        if isinstance(arg, Node) and getattr(spec.arg, "name", arg.name) != arg.name:
+            spec.arg = dataclasses.replace(spec.arg, name=arg.name)

@@ -1,0 +1,77 @@
+"""Pipelines: which passes each target runs by default, `--passes` overriding or switching them off, a failing
+pass reported on the targets that ran it, and `crossgraph passes` listing them."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crossgraph.compiler import check
+from crossgraph.compiler.cli import main
+from crossgraph.compiler.export import export
+from crossgraph.compiler.pipeline import DEFAULTS, Pipelines, passes_for
+from crossgraph.graphs import Graph, InputError, capture
+from crossgraph.models import mlp
+from crossgraph.passes import CLEANUP, PIPELINES, available, registry
+
+
+def test_each_lowered_target_runs_its_pipeline_and_eager_runs_none() -> None:
+    for target, pipeline in DEFAULTS.items():
+        assert passes_for(target, None) == PIPELINES[pipeline]
+    assert passes_for("eager", None) == () and passes_for("flax", None) == ()
+
+
+def test_passes_override_expand_pipelines_or_switch_off() -> None:
+    assert passes_for("onnx", "none") == () and passes_for("onnx", []) == ()
+    assert passes_for("eager", "cleanup,cse") == (*CLEANUP, "cse")
+    with pytest.raises(InputError, match="unknown pass 'fuse_everything'.*pipelines: cleanup"):
+        passes_for("onnx", "fuse_everything")
+
+
+def test_pipelines_run_once_per_pass_list() -> None:
+    model, inputs = mlp.tiny()
+    pipelines = Pipelines(capture(model, inputs))
+    first, seconds = pipelines.run(CLEANUP)
+    again, same = pipelines.run(CLEANUP)
+    assert again is first and same == seconds > 0
+    assert pipelines.run(())[0] is pipelines.graph
+
+
+def test_a_failing_pass_is_an_error_on_the_targets_that_ran_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(graph: Graph) -> Graph:
+        raise RuntimeError("planted")
+
+    monkeypatch.setitem(registry._PASSES, "explode", registry.Pass("explode", "fails on purpose", explode))
+    model, inputs = mlp.tiny()
+    report = check(model, inputs, ["eager", "flax"], passes="explode")
+    assert report.targets["eager"].status == "error"
+    assert "pass 'explode' raised RuntimeError: planted" in report.targets["eager"].error
+    assert report.targets["flax"].status == "pass"  # the Flax reference reads no graph
+    assert report.exit_code == 1
+
+
+def test_export_records_each_artifacts_passes(tmp_path: Path) -> None:
+    model, inputs = mlp.tiny()
+    manifest = export(capture(model, inputs), ["onnx", "jax"], tmp_path, passes="cse")
+    assert manifest["artifacts"]["onnx"]["passes"] == ["cse"]
+    default = export(capture(model, inputs), ["jax"], tmp_path / "default")
+    assert default["artifacts"]["jax"]["passes"] == list(PIPELINES[DEFAULTS["jax"]])
+    on_disk = json.loads((tmp_path / "default" / "manifest.json").read_text())
+    assert on_disk["artifacts"]["jax"]["passes"] == list(PIPELINES[DEFAULTS["jax"]])
+
+
+def test_cli_lists_every_pass_and_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["passes"]) == 0
+    out = capsys.readouterr().out
+    for name, description in available():
+        assert f"{name}" in out and description in out
+    for name in PIPELINES:
+        assert f"  {name}: " in out
+    assert "(default for onnx)" in out
+
+
+def test_cli_check_with_passes_off_and_on(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "none"]) == 0
+    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "cleanup"]) == 0
+    assert main(["check", "crossgraph.models.mlp:tiny", "--passes", "nope"]) == 2
+    assert "unknown pass 'nope'" in capsys.readouterr().err
