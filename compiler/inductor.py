@@ -21,6 +21,9 @@ Decisions (measured with torch 2.13 on 2 shared, busy AVX-512 cores; times are t
   regenerates and rebuilds the C++ (GPT-2 tiny: ~3 s codegen, ~5 s g++ for the -O1 wrapper, ~1 s for the kernels).
   The cache keeps precompiled headers and ISA probes: tiny MLP 14.5 s with an empty cache, 9 s warm.
 - The library is built with -march=native: manifest `cpu_isa` records the building machine's ISA.
+- crossgraph dialect ops are decomposed first (`dialect_decompositions`): attention into
+  `scaled_dot_product_attention`, which Inductor lowers to its flash CPU kernel (GQA and masks included), the
+  norms and bias_gelu into reference math it fuses; their Python implementations could not run inside a package.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import torch
 import torch._inductor
 
 from crossgraph.compiler.artifact import Artifact, as_tensor
+from crossgraph.compiler.dialect_decompositions import decompose
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph, InputError
 
@@ -64,13 +68,15 @@ def unavailable() -> str | None:
 
 
 def lower(graph: Graph, *, freeze: bool = True) -> InductorArtifact:
-    """Compile `graph` into a .pt2 package and load it; `freeze` bakes the weights in as prepacked constants."""
+    """Compile `graph` into a .pt2 package and load it; `freeze` bakes the weights in as prepacked constants.
+    Dialect ops are decomposed first into ATen Inductor fuses (attention: its flash CPU kernel)."""
     signature = signature_of(graph)
+    program = decompose(graph, "inductor").exported
     workdir = tempfile.TemporaryDirectory(prefix="crossgraph-inductor-")
     path = Path(workdir.name) / InductorArtifact.filename
     configs = {"freezing": freeze, "aot_inductor.metadata": {SIGNATURE_KEY: json.dumps(signature)}}
     with torch.no_grad():  # Inductor freezes only inference compiles
-        torch._inductor.aoti_compile_and_package(graph.exported, package_path=str(path), inductor_configs=configs)
+        torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=configs)
     return InductorArtifact(graph, LoadedPackage(path, signature), workdir, frozen=freeze)
 
 

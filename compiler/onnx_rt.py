@@ -22,6 +22,8 @@ try:
     import onnxruntime as ort
     import onnxscript  # noqa: F401  (torch.onnx's dynamo exporter is built on it)
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    from crossgraph.compiler.onnx_dialect import TRANSLATIONS
 except ImportError as _exc:
     _MISSING: str | None = f"{_exc.name or _exc} is not installed (pip install onnx onnxscript onnxruntime)"
 else:
@@ -50,14 +52,16 @@ def lower(graph: Graph, *, opset: int | None = None, providers: list[str] | None
 
 
 def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
-    """The Graph as a self-contained ONNX model whose inputs and outputs carry the Graph's names.
+    """The Graph as a self-contained ONNX model whose inputs and outputs carry the Graph's names; crossgraph
+    dialect ops are translated by `onnx_dialect.TRANSLATIONS` into what ONNX Runtime runs as fused kernels.
 
     An op the exporter cannot translate raises UnsupportedOpError naming the op and the user's source line.
     """
     with quiet_exporter():
         try:
             program = torch.onnx.export(graph.exported, (), dynamo=True, input_names=graph.input_names,
-                                        output_names=graph.output_names, opset_version=opset, verbose=False)
+                                        output_names=graph.output_names, opset_version=opset, verbose=False,
+                                        custom_translation_table=TRANSLATIONS)
         except Exception as exc:  # the exporter wraps every failure; an untranslatable op is told apart here
             unsupported = _unsupported_op(graph, exc)
             if unsupported is not None:

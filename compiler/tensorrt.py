@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from crossgraph.compiler.artifact import Artifact
+from crossgraph.compiler.dialect_decompositions import decompose
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph
 
@@ -91,11 +92,12 @@ class TensorRTArtifact(Artifact):
 
 
 def lower(graph: Graph, **options: Any) -> TensorRTArtifact:
-    """Compile the graph's ExportedProgram, moved to CUDA, with torch_tensorrt.dynamo.compile."""
+    """Compile the graph's ExportedProgram, dialect ops decomposed (`decompose`) and moved to CUDA, with
+    torch_tensorrt.dynamo.compile."""
     import torch_tensorrt
     from torch.export.passes import move_to_device_pass
 
-    program = move_to_device_pass(graph.exported, "cuda")
+    program = move_to_device_pass(decompose(graph, "tensorrt").exported, "cuda")
     specs = input_specs(graph)
     module = torch_tensorrt.dynamo.compile(program, arg_inputs=specs, **options)
     return TensorRTArtifact(graph, module, specs)

@@ -13,13 +13,22 @@ from crossgraph.passes.registry import resolve
 CLEANUP = ("noop_removal", "cse", "constant_folding", "dead_code")
 """The cleanup passes, in the order that lets each one expose work for the next."""
 
+STRUCTURAL = ("fold_lora", "noop_removal", "fuse_attention", "fuse_qkv")
+"""Fusions every target gains from: LoRA merged into its weight (served as one matmul), attention as one op (each
+target's fused attention kernel), one matmul for projections of one input. noop_removal first, so views and
+eval-mode dropout copies do not hide patterns."""
+
+ELEMENTWISE = ("fuse_bias_gelu", "fuse_add_layer_norm", "fuse_rms_norm")
+"""Fusions a runtime without its own elementwise fuser needs (ONNX Runtime's contrib kernels); Inductor and XLA
+fuse these themselves, so their pipelines leave them out."""
+
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cleanup": CLEANUP,
-    "serve-onnx": CLEANUP,
-    "serve-inductor": CLEANUP,
-    "jax": CLEANUP,
+    "serve-onnx": STRUCTURAL + ELEMENTWISE + CLEANUP,
+    "serve-inductor": STRUCTURAL + CLEANUP,
+    "jax": STRUCTURAL + CLEANUP,
 }
-"""Pipeline name -> pass names."""
+"""Pipeline name -> pass names. Fusions first, then cleanup folds the weights they concatenated or merged."""
 
 
 def expand(names: str | Iterable[str]) -> tuple[str, ...]:

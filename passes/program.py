@@ -109,6 +109,19 @@ def remove_inputs(graph: Graph, nodes: Iterable[Node]) -> None:
         ep.constants.pop(target, None)
 
 
+def erase_unused(graph: Graph, node: Node) -> None:
+    """Erase `node` if nothing uses it, then each of its inputs left unused, and so on (what a fusion replaced);
+    placeholders and impure nodes stay."""
+    pending, erased = [node], set()
+    while pending:
+        current = pending.pop()
+        if current.op == "call_function" and not current.users and not current.is_impure() \
+                and current not in erased:
+            pending.extend(current.all_input_nodes)
+            graph.fx.erase_node(current)
+            erased.add(current)
+
+
 def carry_provenance(source: Node, node: Node) -> None:
     """Give `node` the provenance and annotations of `source`, the node it replaces (dicts copied, not shared)."""
     for key in _PROVENANCE_META:

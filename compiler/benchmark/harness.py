@@ -23,7 +23,7 @@ from crossgraph.graphs import FunctionalModel, InputError, capture
 
 FORMAT = "crossgraph.bench/1"
 DEFAULT_TARGETS = ("eager", "inductor", "onnx", "jax")
-QUICK_RUNS = Runs(warmup=1, runs=3, min_seconds=0.0, max_runs=3)
+QUICK_RUNS = Runs(warmup=1, runs=3, min_seconds=0.0, max_runs=3, settle=0.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,17 +17,21 @@ _CLEAR_REFS = Path("/proc/self/clear_refs")
 @dataclasses.dataclass(frozen=True)
 class Runs:
     """How much to time: `warmup` untimed calls each, then rounds of one timed call each until every call has
-    `runs` samples and the rounds took `min_seconds` per call, stopping at `max_runs`."""
+    `runs` samples and the rounds took `min_seconds` per call, stopping at `max_runs`. Before each timed call
+    the harness sleeps `settle` seconds, so the previous runtime's spinning worker threads (ONNX Runtime's,
+    OpenMP's, XLA's) have gone idle and do not steal the CPUs."""
 
     warmup: int = 2
     runs: int = 10
     min_seconds: float = 1.0
     max_runs: int = 200
+    settle: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.runs < 1 or self.max_runs < self.runs or self.min_seconds < 0:
+        if (self.warmup < 0 or self.runs < 1 or self.max_runs < self.runs or self.min_seconds < 0
+                or self.settle < 0):
             raise ValueError(f"invalid run settings {self}: need warmup >= 0, 1 <= runs <= max_runs, "
-                             "min_seconds >= 0")
+                             "min_seconds >= 0, settle >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,7 @@ def measure(calls: Mapping[str, Callable[[], Any]], runs: Runs,
     while rounds < runs.max_runs and (rounds < runs.runs
                                       or time.perf_counter() - began < runs.min_seconds * len(calls)):
         for name, call in calls.items():
+            time.sleep(runs.settle)
             start = time.perf_counter()
             call()
             samples[name].append(time.perf_counter() - start)

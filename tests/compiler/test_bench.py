@@ -50,7 +50,7 @@ def test_measure_warms_up_then_times_in_rounds() -> None:
 
 
 def test_measure_runs_at_least_min_seconds_per_call_up_to_max_runs() -> None:
-    latency = measure({"sleep": lambda: time.sleep(0.01)}, Runs(warmup=0, runs=2, min_seconds=0.1,
+    latency = measure({"sleep": lambda: time.sleep(0.01)}, Runs(warmup=0, runs=2, min_seconds=0.1, settle=0.0,
                                                                   max_runs=100))["sleep"]
     assert 8 <= len(latency.samples) <= 12  # about 0.1 s of 10 ms calls
     assert all(s >= 0.01 for s in latency.samples)
@@ -58,7 +58,8 @@ def test_measure_runs_at_least_min_seconds_per_call_up_to_max_runs() -> None:
     assert len(capped.samples) == 5
 
 
-@pytest.mark.parametrize("bad", [dict(runs=0), dict(warmup=-1), dict(runs=5, max_runs=4), dict(min_seconds=-1)])
+@pytest.mark.parametrize("bad", [dict(runs=0), dict(warmup=-1), dict(runs=5, max_runs=4), dict(min_seconds=-1),
+                                 dict(settle=-0.1)])
 def test_bad_run_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Runs(**bad)

@@ -1,0 +1,70 @@
+"""The crossgraph dialect (graphs/dialect.py): fused attention on `jax.nn.dot_product_attention`, the norms and
+bias_gelu in jax.numpy with the reference's precision (statistics in float32 for low-precision inputs).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from crossgraph.compiler.jaxlower.nn import gelu, native_layer_norm
+from crossgraph.compiler.jaxlower.registry import op
+from crossgraph.compiler.jaxlower.symbolic import Size
+from crossgraph.graphs.dialect import OPS
+
+Array = jax.Array
+
+
+def _to_bnts(mask: Array, sq: Size, sk: Size) -> Array:
+    """A mask broadcastable to [B, H, Sq, Sk] as the 4D [B or 1, H or 1, Sq, Sk] dot_product_attention takes."""
+    mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+    return jnp.broadcast_to(mask, (*mask.shape[:2], sq, sk))
+
+
+def _causal_keep(sq: Size, sk: Size) -> Array:
+    """[1, 1, Sq, Sk], True where key j <= query i + (Sk - Sq): the causal mask aligned to the end."""
+    rows = lax.broadcasted_iota(jnp.int32, (sq, sk), 0)
+    cols = lax.broadcasted_iota(jnp.int32, (sq, sk), 1)
+    return (cols - rows <= jnp.asarray(sk - sq, jnp.int32))[None, None]
+
+
+@op(OPS["attention"])
+def attention(q: Array, k: Array, v: Array, mask: Array | None, causal: bool, scale: float) -> Array:
+    """softmax(q k^T * scale [masked]) v on [B, H, S, D] arrays through jax.nn.dot_product_attention, which takes
+    [B, S, H, D] and does grouped-query attention itself; its `is_causal` aligns to the start, so it is used only
+    for Sq == Sk and the end-aligned causal mask is built otherwise."""
+    sq, sk = q.shape[-2], k.shape[-2]
+    bias = keep = None
+    if mask is not None and mask.dtype == jnp.bool_:
+        keep = _to_bnts(mask, sq, sk)
+    elif mask is not None:
+        bias = _to_bnts(mask, sq, sk).astype(q.dtype)
+    is_causal = causal and sq == sk
+    if causal and not is_causal:
+        keep = _causal_keep(sq, sk) if keep is None else keep & _causal_keep(sq, sk)
+    out = jax.nn.dot_product_attention(jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                                       bias, keep, scale=scale, is_causal=is_causal)
+    return jnp.swapaxes(out, 1, 2)
+
+
+@op(OPS["add_layer_norm"])
+def add_layer_norm(x: Array, residual: Array, weight: Array, bias: Array | None,
+                   eps: float) -> tuple[Array, Array]:
+    """(layer_norm(x + residual) over the last dim, x + residual); getitem nodes pick the two apart."""
+    total = x + residual
+    return native_layer_norm(total, total.shape[-1:], weight, bias, eps)[0], total
+
+
+@op(OPS["bias_gelu"])
+def bias_gelu(x: Array, bias: Array, approximate: str) -> Array:
+    """gelu(x + bias), erf or tanh form as torch's `approximate`."""
+    return gelu(x + bias, approximate=approximate)
+
+
+@op(OPS["rms_norm"])
+def rms_norm(x: Array, weight: Array, eps: float) -> Array:
+    """weight * (x / sqrt(mean(x^2) + eps)), normalized in float32 and cast back to x's dtype first."""
+    h = x.astype(jnp.float32)
+    h = h * lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
+    return weight * h.astype(x.dtype)
