@@ -14,7 +14,7 @@ from typing import Any, Callable
 import jax
 import torch
 import torch.utils._pytree as pytree
-from torch.export.graph_signature import InputKind, OutputKind
+from torch.export.graph_signature import ConstantArgument, InputKind, OutputKind
 
 from crossgraph.compiler.jaxlower import registry
 from crossgraph.compiler.jaxlower.dtypes import NeedsX64Error, needs_x64
@@ -74,7 +74,10 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
         feed = iter(inputs)
         for name, kind, target in order:
             source = placeholders.get(name) if kind == "placeholder" else target
-            env[name] = next(feed) if source is None else weights[source]
+            if isinstance(source, ConstantArgument):  # a constant keyword the model was captured with
+                env[name] = source.value
+            else:
+                env[name] = next(feed) if source is None else weights[source]
         for step in steps:
             env[step.name] = _run(step, env)
         return [_load(value, env) for value in outputs]
@@ -83,16 +86,17 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
     return JaxFunction(fn, params, *names, dtypes)
 
 
-def _from_graph(graph: Graph) -> tuple[torch.fx.Graph, dict[str, str | None], dict[str, jax.Array], list[Any],
-                                       tuple[list[str], list[str]]]:
-    """A Graph's placeholders (weights by name, user inputs as None), weights, user outputs and names."""
+def _from_graph(graph: Graph) -> tuple[torch.fx.Graph, dict[str, str | ConstantArgument | None],
+                                       dict[str, jax.Array], list[Any], tuple[list[str], list[str]]]:
+    """A Graph's placeholders (weights by name, user inputs as None, constant keywords such as Hugging Face's
+    use_cache=False as their ConstantArgument), weights, user outputs and names."""
     exported = graph.exported
     signature = exported.graph_signature
-    placeholders: dict[str, str | None] = {}
+    placeholders: dict[str, str | ConstantArgument | None] = {}
     params: dict[str, jax.Array] = {}
     for spec in signature.input_specs:
         if spec.kind == InputKind.USER_INPUT:
-            placeholders[spec.arg.name] = None
+            placeholders[spec.arg.name] = spec.arg if isinstance(spec.arg, ConstantArgument) else None
         elif spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
             value = exported.state_dict.get(spec.target)
             value = exported.constants[spec.target] if value is None else value

@@ -3,15 +3,19 @@ pass reported on the targets that ran it, and `crossgraph passes` listing them."
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
+import torch
+import transformers
 
 from crossgraph.compiler import check
 from crossgraph.compiler.cli import main
 from crossgraph.compiler.export import export
 from crossgraph.compiler.pipeline import DEFAULTS, Pipelines, passes_for
 from crossgraph.graphs import Graph, InputError, capture
-from crossgraph.models import mlp
+from crossgraph.graphs.dialect import OPS
+from crossgraph.models import bert, gpt2, llama, mlp
 from crossgraph.passes import CLEANUP, PIPELINES, available, registry
 
 
@@ -75,3 +79,24 @@ def test_cli_check_with_passes_off_and_on(capsys: pytest.CaptureFixture[str]) ->
     assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "cleanup"]) == 0
     assert main(["check", "crossgraph.models.mlp:tiny", "--passes", "nope"]) == 2
     assert "unknown pass 'nope'" in capsys.readouterr().err
+
+
+
+def _hf_llama() -> tuple[torch.nn.Module, tuple[torch.Tensor]]:
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval(), (torch.randint(0, 96, (2, 8)),)
+
+
+@pytest.mark.parametrize("factory", [gpt2.tiny, llama.tiny, bert.tiny, _hf_llama], ids=["gpt2", "llama", "bert",
+                                                                                     "hf-llama"])
+def test_fused_models_keep_parity_on_every_cpu_target(factory: Callable[[], tuple[Any, Any]]) -> None:
+    """Each target's default pipeline fuses the model (dialect ops in the graph it lowers) and stays in tolerance."""
+    model, inputs = factory()
+    graph = capture(model, inputs)
+    fused, _ = Pipelines(graph).run(passes_for("onnx", None))
+    assert any(n.target is OPS["attention"] for n in fused.fx.nodes)
+    report = check(model, inputs, ["inductor", "onnx", "jax"], graph=graph)
+    assert {t: r.status for t, r in report.targets.items()} == dict.fromkeys(["inductor", "onnx", "jax"], "pass"), \
+        report.table()
