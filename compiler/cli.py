@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 
+from crossgraph import passes
 from crossgraph.compiler import benchmark
 from crossgraph.compiler import spec as spec_loader
 from crossgraph.compiler.export import auto_dynamic_shapes, export
@@ -20,7 +21,6 @@ from crossgraph.compiler.parity import check
 from crossgraph.compiler.pipeline import DEFAULTS as DEFAULT_PIPELINES
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
-from crossgraph import passes
 from crossgraph.graphs import InputError, capture
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
