@@ -147,13 +147,8 @@ def _tensorrt(case: Case) -> Built:
 
 # ---- peers: the model as written, run by the tools a user would pick instead -------------------------------------
 def _torch_eager(case: Case) -> Built:
-    kwargs = {} if isinstance(case.model, FunctionalModel) else case.graph.constant_kwargs
-
-    def call() -> list[np.ndarray]:
-        with torch.no_grad():
-            return _numpy_leaves(case.model(*case.inputs, **kwargs))
-
-    return Built(call, Phases())
+    subject = case.subject  # Subject.reference is exactly this: the model as written, under no_grad
+    return Built(lambda: subject.reference(case.inputs), Phases())
 
 
 def _torch_compile(case: Case) -> Built:
