@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed calls, a small matmul peak")
     b.add_argument("--passes", default=None, help=_PASSES_HELP)
     b.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
-    sub.add_parser("passes", help="list every pass with its one-line description, and the pipelines")
+    ps = sub.add_parser("passes", help="list every pass with its one-line description, one per line")
+    ps.add_argument("--pipelines", action="store_true",
+                    help="list the named pipelines instead, with the targets that run them by default")
     return parser
 
 
@@ -168,14 +170,16 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _passes(args: argparse.Namespace) -> int:
-    width = max(len(name) for name, _ in passes.available())
-    for name, description in passes.available():
-        print(f"{name:{width}s}  {description}")
-    print("\npipelines (usable in --passes; targets run theirs by default):")
+    """The contract's listing, `name  description` per line, so scripts can read it; pipelines on request."""
+    if not args.pipelines:
+        width = max(len(name) for name, _ in passes.available())
+        for name, description in passes.available():
+            print(f"{name:{width}s}  {description}")
+        return EXIT_OK
     for name, names in passes.PIPELINES.items():
         targets = [t for t, pipeline in DEFAULT_PIPELINES.items() if pipeline == name]
         used = f"  (default for {', '.join(targets)})" if targets else ""
-        print(f"  {name}: {' -> '.join(names)}{used}")
+        print(f"{name}: {' -> '.join(names)}{used}")
     return EXIT_OK
 
 
