@@ -2,9 +2,9 @@
 
 `decompose(graph, target)` rewrites every dialect op into ATen its target's compiler has a fused kernel or fusion
 for: attention becomes one `aten.scaled_dot_product_attention` (Inductor lowers it to its flash CPU kernel, GQA and
-masks included; Torch-TensorRT has a converter for it, not run here: no GPU), the norms and bias_gelu become their
-reference math, which both compilers fuse into pointwise/reduction kernels. Names, inputs and outputs of the Graph
-stay the same.
+masks included; Torch-TensorRT has a converter for it, not run here: no GPU), the norms, bias_gelu and
+rotary_embedding become their reference math, which both compilers fuse into pointwise/reduction kernels. Names,
+inputs and outputs of the Graph stay the same.
 """
 
 from __future__ import annotations
@@ -58,11 +58,19 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return weight * h.to(x.dtype)
 
 
+def rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """crossgraph.rotary_embedding's reference math (the model's own), one pointwise kernel for either compiler."""
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
 DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Any]] = {
     OPS["attention"]: attention,
     OPS["add_layer_norm"]: add_layer_norm,
     OPS["bias_gelu"]: bias_gelu,
     OPS["rms_norm"]: rms_norm,
+    OPS["rotary_embedding"]: rotary_embedding,
 }
 """Every dialect op's ATen form; the inductor and tensorrt tables."""
 

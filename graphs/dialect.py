@@ -76,10 +76,30 @@ def _(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return torch.empty_like(weight * x)
 
 
+@torch.library.custom_op("crossgraph::rotary_embedding", mutates_args=())
+def rotary_embedding(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary position embedding, half-split (Llama's and GPT-NeoX's `rotate_half`, not interleaved):
+    x * cat(cos, cos) + rotate_half(x) * cat(sin, sin) over x [..., D], rotate_half(x) = cat(-x[D/2:], x[:D/2]).
+    cos and sin [..., D/2] hold each position's angles once (a model's full-width cos repeats them for both
+    halves) and broadcast against x's leading dims: [S, D/2], or [B, 1, S, D/2] for x [B, H, S, D]."""
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+@rotary_embedding.register_fake
+def _(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    for angles in (cos, sin):
+        torch._check(x.shape[-1] == 2 * angles.shape[-1],
+                     lambda: "cos and sin must be half as wide as x (the angles of one half)")
+    return torch.empty_like(x * torch.cat((cos, cos), dim=-1) * torch.cat((sin, sin), dim=-1))
+
+
 OPS: dict[str, torch._ops.OpOverload] = {
     "attention": torch.ops.crossgraph.attention.default,
     "add_layer_norm": torch.ops.crossgraph.add_layer_norm.default,
     "bias_gelu": torch.ops.crossgraph.bias_gelu.default,
     "rms_norm": torch.ops.crossgraph.rms_norm.default,
+    "rotary_embedding": torch.ops.crossgraph.rotary_embedding.default,
 }
 """Every dialect op by name; each target's table must have an entry for each."""

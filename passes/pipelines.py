@@ -18,9 +18,11 @@ STRUCTURAL = ("fold_lora", "noop_removal", "fuse_attention", "fuse_qkv")
 target's fused attention kernel), one matmul for projections of one input. noop_removal first, so views and
 eval-mode dropout copies do not hide patterns."""
 
-ELEMENTWISE = ("fuse_bias_gelu", "fuse_add_layer_norm", "fuse_rms_norm")
+ELEMENTWISE = ("fuse_bias_gelu", "fuse_add_layer_norm", "fuse_rms_norm", "fuse_rotary")
 """Fusions a runtime without its own elementwise fuser needs (ONNX Runtime's contrib kernels); Inductor and XLA
-fuse these themselves, so their pipelines leave them out."""
+fuse these themselves (their tables decompose the ops back into the same ATen), so their pipelines leave them out.
+fuse_rotary, after fuse_attention and fuse_qkv, fires the same in either order: its x is the head split of a
+projection (fused or not), its output the query or key that attention reads, and neither pattern holds the other."""
 
 PIPELINES: dict[str, tuple[str, ...]] = {
     "cleanup": CLEANUP,

@@ -1,5 +1,6 @@
-"""The crossgraph dialect (graphs/dialect.py): fused attention on `jax.nn.dot_product_attention`, the norms and
-bias_gelu in jax.numpy with the reference's precision (statistics in float32 for low-precision inputs).
+"""The crossgraph dialect (graphs/dialect.py): fused attention on `jax.nn.dot_product_attention`, the norms,
+bias_gelu and rotary_embedding in jax.numpy with the reference's precision (statistics in float32 for
+low-precision inputs); XLA fuses the elementwise ones itself.
 """
 
 from __future__ import annotations
@@ -68,3 +69,11 @@ def rms_norm(x: Array, weight: Array, eps: float) -> Array:
     h = x.astype(jnp.float32)
     h = h * lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + eps)
     return weight * h.astype(x.dtype)
+
+
+@op(OPS["rotary_embedding"])
+def rotary_embedding(x: Array, cos: Array, sin: Array) -> Array:
+    """x * cat(cos, cos) + rotate_half(x) * cat(sin, sin), the angles [..., D/2] given once for both halves."""
+    cos, sin = jnp.concatenate([cos, cos], axis=-1), jnp.concatenate([sin, sin], axis=-1)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin

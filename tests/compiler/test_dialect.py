@@ -45,13 +45,15 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """One of each dialect op; attention twice: causal after a head split (MultiHeadAttention on onnx), and GQA on
-    sliced heads and queries (Sq < Sk, not a head split: standard ONNX) with an additive mask."""
+    sliced heads and queries (Sq < Sk, not a head split: standard ONNX) with an additive mask; the queries rotated
+    by their positions' angles."""
 
-    def __init__(self, hidden: int = 32) -> None:
+    def __init__(self, hidden: int = 32, head_dim: int = 16) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.weight = nn.Parameter(1 + 0.1 * torch.randn(hidden, generator=g))
         self.bias = nn.Parameter(0.1 * torch.randn(hidden, generator=g))
+        self.register_buffer("inv_freq", 10000.0 ** -(torch.arange(0, head_dim, 2) / head_dim))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, x: torch.Tensor, residual: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -60,7 +62,16 @@ class Block(nn.Module):
         tail = ops.attention(q[:, :, -3:], k[:, :2], v[:, :2], mask, True, 0.25)
         normed, total = ops.add_layer_norm(x, residual, self.weight, self.bias, 1e-5)
         hidden = ops.bias_gelu(normed, self.bias, "tanh") + ops.bias_gelu(total, self.bias, "none")
-        return causal, tail, total, ops.rms_norm(hidden, self.weight, 1e-6)
+        angles = torch.arange(q.shape[2], dtype=q.dtype)[:, None] * self.inv_freq
+        rotated = ops.rotary_embedding(q, angles.cos(), angles.sin())
+        return causal, tail, total, ops.rms_norm(hidden, self.weight, 1e-6), rotated
+
+
+class Rotary(nn.Module):
+    """crossgraph.rotary_embedding of its inputs."""
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return ops.rotary_embedding(x, cos, sin)
 
 
 class RmsNorm(nn.Module):
@@ -102,10 +113,28 @@ ATTENTION_CASES: dict[str, tuple[bool, bool, list[torch.Tensor]]] = {
 """name: (causal, split, inputs)."""
 
 
+def _angles(*shape: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of random angles."""
+    angles = 3 * _randn(*shape, seed=seed)
+    return angles.cos(), angles.sin()
+
+
+ROTARY_CASES: dict[str, tuple[bool, list[torch.Tensor]]] = {
+    "per_position": (True, [_randn(2, 4, 8, 16, seed=1), *_angles(8, 8, seed=2)]),
+    "per_token": (True, [_randn(2, 4, 8, 16, seed=1), *_angles(2, 1, 8, 8, seed=3)]),
+    "one_position_for_all": (True, [_randn(2, 4, 8, 16, seed=1), *_angles(1, 1, 1, 8, seed=4)]),
+    "per_head": (False, [_randn(2, 4, 8, 16, seed=1), *_angles(4, 8, 8, seed=5)]),
+    "float64": (False, [t.double() for t in (_randn(2, 4, 8, 16, seed=1), *_angles(8, 8, seed=2))]),
+    "rank3": (False, [_randn(2, 8, 16, seed=1), *_angles(8, 8, seed=2)]),
+}
+"""name: (RotaryEmbedding on onnx, [x, cos, sin]). The contrib op reads one row of angles per position (x
+[B, H, S, D]) and float32; angles that differ per head, other dtypes and ranks get the standard ops."""
+
+
 def _onnx_contrib_ops(name: str) -> set[str]:
     """The com.microsoft ops the onnx lowering of a case uses: MultiHeadAttention for head splits without GQA."""
     if name == "block":
-        return {"MultiHeadAttention", "FastGelu", "BiasGelu"}
+        return {"MultiHeadAttention", "FastGelu", "BiasGelu", "RotaryEmbedding"}
     _, split, (q, k, _, *_) = ATTENTION_CASES[name]
     return {"MultiHeadAttention"} if split and q.shape[2] == k.shape[2] else set()
 
@@ -168,6 +197,8 @@ OPCHECK_SAMPLES: list[tuple[Any, tuple[Any, ...]]] = [
     (ops.bias_gelu.default, (_randn(3, 8, seed=1), _randn(8, seed=2), "tanh")),
     (ops.rms_norm.default, (_randn(3, 8, seed=1), torch.ones(8), 1e-6)),
     (ops.rms_norm.default, (_randn(3, 8, seed=1).bfloat16(), torch.ones(8), 1e-6)),
+    *[(ops.rotary_embedding.default, tuple(inputs)) for _, inputs in ROTARY_CASES.values()],
+    (ops.rotary_embedding.default, (_randn(2, 4, 8, 16, seed=1).bfloat16(), *_angles(8, 8, seed=2))),
 ]
 
 
@@ -288,3 +319,26 @@ def test_jax(captured: Callable[[str], Captured], name: str, tmp_path: Any) -> N
     expected = case.expected()
     _assert_close(artifact(*case.inputs), expected)
     _assert_close(jaxlower.load(artifact.save(tmp_path))(*case.inputs), expected)
+
+
+# ---- rotary embedding on every target --------------------------------------------------------------------------
+@pytest.mark.parametrize("target", ["decomposition", "onnx", "jax"])
+@pytest.mark.parametrize("name", ROTARY_CASES)
+def test_rotary_embedding_layouts(name: str, target: str) -> None:
+    """The reference against each target's translation, for the angle layouts Llama (per position) and Hugging
+    Face (per token) give and for those ONNX Runtime's RotaryEmbedding cannot take."""
+    contrib, inputs = ROTARY_CASES[name]
+    if target == "jax" and inputs[0].dtype == torch.float64:
+        pytest.skip("the jax target refuses float64 (jax_enable_x64 stays off)")
+    graph = capture(Rotary(), tuple(inputs))
+    expected = [t.numpy() for t in graph(*inputs)]
+    if target == "decomposition":
+        decomposed = decompose(graph, "inductor")
+        assert not dialect_nodes(decomposed)
+        _assert_close([t.numpy() for t in decomposed(*inputs)], expected)
+        return
+    artifact = lower(graph, target)
+    _assert_close(artifact(*inputs), expected)
+    if target == "onnx":
+        assert ("com.microsoft", "RotaryEmbedding") in _onnx_ops(artifact.model) if contrib else \
+            not {d for d, _ in _onnx_ops(artifact.model)} - {"", "ai.onnx"}

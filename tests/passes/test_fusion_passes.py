@@ -17,13 +17,15 @@ from crossgraph.graphs import Graph, capture
 from crossgraph.models import bert, gpt2, llama
 from crossgraph.passes import CLEANUP, PassManager
 
-FUSION = ("fold_lora", "fuse_qkv", "fuse_attention", "fuse_bias_gelu", "fuse_add_layer_norm", "fuse_rms_norm")
+FUSION = ("fold_lora", "fuse_qkv", "fuse_attention", "fuse_bias_gelu", "fuse_add_layer_norm", "fuse_rms_norm",
+          "fuse_rotary")
 """Every fusion pass, in an order that works: fold_lora before fuse_qkv (see fold_lora's docstring)."""
 
 Captured = tuple[Graph, tuple[torch.Tensor, ...]]
 ATTENTION, RMS_NORM = "crossgraph.attention.default", "crossgraph.rms_norm.default"
 SDPA, SPLIT = "aten.scaled_dot_product_attention.default", "aten.split_with_sizes.default"
 ADD_LAYER_NORM, BIAS_GELU = "crossgraph.add_layer_norm.default", "crossgraph.bias_gelu.default"
+ROTARY = "crossgraph.rotary_embedding.default"
 
 
 def run(captured: Captured, *names: str) -> Graph:
@@ -123,6 +125,31 @@ def test_fuse_rms_norm(llama_tiny: Captured) -> None:
     assert count(out, "aten.rsqrt.default") == [0]
 
 
+def _assert_rotary(out: Graph, head_dim: int, heads: list[int]) -> None:
+    """No rotate_half left; each op rotates a [B, H, S, head_dim] query or key by half-width angles."""
+    assert count(out, "aten.neg.default") == [0]
+    for node in nodes(out, ROTARY):
+        x, cos, sin = (a.meta["val"] for a in node.args)
+        assert x.shape[-1] == head_dim and cos.shape[-1] == sin.shape[-1] == head_dim // 2
+    assert sorted(n.args[0].meta["val"].shape[1] for n in nodes(out, ROTARY)) == heads
+
+
+def test_fuse_rotary(llama_tiny: Captured) -> None:
+    """Queries (4 heads) and keys (2) of both layers; cos and sin [S, D] are cat((f, f)) of the positions'
+    angles, so the op gets their first half."""
+    _assert_rotary(fires(llama_tiny, "fuse_rotary", ROTARY, 4), 8, [2, 2, 4, 4])
+
+
+def test_fuse_rotary_leaves_angles_it_cannot_prove_repeated(capture_fn) -> None:
+    """cos and sin given as inputs may differ between halves: the dialect op would read only the first."""
+    def rope(m: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return llama.apply_rotary(x, cos, sin)
+
+    inputs = (torch.randn(2, 4, 8, 16), torch.randn(8, 16), torch.randn(8, 16))
+    out = fires((capture_fn(rope, *inputs), inputs), "fuse_rotary", ROTARY, 0)
+    assert count(out, "aten.neg.default") == [1]
+
+
 # ---- fold_lora -------------------------------------------------------------------------------------------------
 def _lora(m: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A linear layer with a rank-4 LoRA adapter, then a second one without (it must stay as it is)."""
@@ -155,11 +182,12 @@ def test_fold_lora_merges_the_adapter_into_one_folded_weight(capture_fn, lora_we
 
 
 # ---- everything together ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, fused", [("gpt2", [2, 0, 5, 2]), ("llama", [2, 5, 0, 0]), ("bert", [2, 0, 5, 2])])
+@pytest.mark.parametrize("name, fused", [("gpt2", [2, 0, 5, 2, 0]), ("llama", [2, 5, 0, 0, 4]),
+                                         ("bert", [2, 0, 5, 2, 0])])
 def test_all_fusion_then_cleanup(request: pytest.FixtureRequest, name: str, fused: list[int]) -> None:
     captured = request.getfixturevalue(f"{name}_tiny")
     out = run(captured, *FUSION, *CLEANUP)
-    assert count(out, ATTENTION, RMS_NORM, ADD_LAYER_NORM, BIAS_GELU) == fused
+    assert count(out, ATTENTION, RMS_NORM, ADD_LAYER_NORM, BIAS_GELU, ROTARY) == fused
     assert len(out.fx.nodes) < len(captured[0].fx.nodes)
 
 
@@ -170,6 +198,7 @@ def test_all_fusion_then_cleanup_on_dynamic_captures(module: Any) -> None:
     graph = capture(model, inputs, module.dynamic_shapes(model.config))
     out = PassManager([*FUSION, *CLEANUP]).run(graph).graph
     assert count(out, ATTENTION) == [2] and out.dynamic_dims() == graph.dynamic_dims()
+    assert count(out, ROTARY) == [4 if module is llama else 0]
     if module is not bert:  # position aranges compared: causal for every length
         assert all(n.args[4] is True for n in nodes(out, ATTENTION))
     for batch, seq in [(2, 8), (3, 5), (1, 11)]:
@@ -202,7 +231,8 @@ def test_hugging_face_gpt2() -> None:
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_hugging_face_llama(attention: str) -> None:
     """sdpa: repeat_kv before it looked through, the position mask evaluated: causal. Eager: the written-out
-    softmax with HF's additive float mask, passed on."""
+    softmax with HF's additive float mask, passed on. Either way the rotary embeddings (HF's rotate_half slices,
+    cos and sin [B, S, D] scaled by attention_scaling and unsqueezed to [B, 1, S, D])."""
     config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
                                       attn_implementation=attention)
@@ -212,10 +242,11 @@ def test_hugging_face_llama(attention: str) -> None:
     for node in nodes(fused, ATTENTION):  # 2 key/value heads
         assert node.args[1].meta["val"].shape[1] == 2
         assert node.args[3:5] == (None, True) if attention == "sdpa" else node.args[3] is not None
+    _assert_rotary(fires(captured, "fuse_rotary", ROTARY, 4), 8, [2, 2, 4, 4])
     if attention == "sdpa":
         fires(captured, "fuse_qkv", SPLIT, 4)
         fires(captured, "fuse_rms_norm", RMS_NORM, 5)
-        assert count(run(captured, *FUSION, *CLEANUP), ATTENTION, RMS_NORM) == [2, 5]
+        assert count(run(captured, *FUSION, *CLEANUP), ATTENTION, RMS_NORM, ROTARY) == [2, 5, 4]
 
 
 def test_hugging_face_bert() -> None:
