@@ -16,6 +16,7 @@ import torch
 from torch.export import ExportedProgram
 from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
 from torch.fx import Node
+from torch.fx._lazy_graph_module import _LazyGraphModule
 
 from crossgraph.graphs import Graph
 from crossgraph.graphs.annotations import META_KEY
@@ -28,8 +29,12 @@ _PROVENANCE_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_
 _OWNED_META = (META_KEY, "custom")
 
 
-def copy_graph(graph: Graph) -> Graph:
-    """A copy with its own fx graph, node meta, signature and state dicts, sharing every tensor (no weight copy)."""
+def copy_graph(graph: Graph, *, lazy: bool = False) -> Graph:
+    """A copy with its own fx graph, node meta, signature and state dicts, sharing every tensor (no weight copy).
+
+    With `lazy`, the copy's GraphModule generates its Python code only when first run or recompiled for real
+    (`finish`), and the ExportedProgram is not re-validated: for a pass that rewrites the copy at once, so the
+    code is generated once per pass, not twice (half a pass's overhead on a large graph)."""
     ep = graph.exported
     fx = torch.fx.Graph()
     out, old_output = fx.graph_copy(ep.graph, {}, return_output_node=True)
@@ -38,13 +43,34 @@ def copy_graph(graph: Graph) -> Graph:
         for key in _OWNED_META:
             if key in node.meta:
                 node.meta[key] = dict(node.meta[key])
-    exported = ExportedProgram(
-        root=ep.graph_module, graph=fx, graph_signature=copy.deepcopy(ep.graph_signature),
-        state_dict=dict(ep.state_dict), range_constraints=dict(ep.range_constraints),
-        module_call_graph=copy.deepcopy(ep.module_call_graph), example_inputs=ep.example_inputs,
-        constants=dict(ep.constants), verifiers=list(ep.verifiers))
+    if lazy:
+        exported = copy.copy(ep)  # every field a pass may change is replaced below
+        exported._graph_module = _LazyGraphModule(ep.graph_module, fx)
+        exported._graph_module.meta.update(ep.graph_module.meta)
+        exported._graph_signature = copy.deepcopy(ep.graph_signature)
+        exported._state_dict = dict(ep.state_dict)
+        exported._constants = dict(ep.constants)
+        exported._range_constraints = dict(ep.range_constraints)
+        exported._module_call_graph = copy.deepcopy(ep.module_call_graph)
+    else:
+        exported = ExportedProgram(
+            root=ep.graph_module, graph=fx, graph_signature=copy.deepcopy(ep.graph_signature),
+            state_dict=dict(ep.state_dict), range_constraints=dict(ep.range_constraints),
+            module_call_graph=copy.deepcopy(ep.module_call_graph), example_inputs=ep.example_inputs,
+            constants=dict(ep.constants), verifiers=list(ep.verifiers))
     return Graph(exported, name=graph.name, input_names=graph.input_names, output_names=graph.output_names,
                  constant_kwargs=graph.constant_kwargs)
+
+
+def finish(graph: Graph) -> None:
+    """Generate the GraphModule's code for its graph as it is now (torch re-traces that code, e.g. in
+    run_decompositions), whether the module is lazy (`copy_graph(lazy=True)`) or not."""
+    module = graph.exported.graph_module
+    if isinstance(module, _LazyGraphModule):
+        module.recompile()  # marks it stale; real_recompile below then regenerates
+        module.real_recompile()
+    else:
+        module.recompile()
 
 
 def placeholders(graph: Graph) -> list[Node]:
