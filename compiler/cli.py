@@ -4,6 +4,7 @@ failure, 2 bad input (spec, capture, unsupported op)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -19,6 +20,7 @@ from crossgraph.compiler.export import auto_dynamic_shapes, export
 from crossgraph.compiler.lower import LOWERINGS
 from crossgraph.compiler.parity import check
 from crossgraph.compiler.pipeline import DEFAULTS as DEFAULT_PIPELINES
+from crossgraph.compiler.pipeline import Pipelines, passes_for
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import InputError, capture
@@ -46,8 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON report here")
     c.add_argument("--junit", dest="junit_path", metavar="PATH", help="write a JUnit XML report here")
     c.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
-    c.add_argument("--atol", type=float, default=None, help="absolute tolerance for every output")
-    c.add_argument("--rtol", type=float, default=None, help="relative tolerance for every output")
+    _tolerance_options(c)
+    c.add_argument("--examples", type=int, default=1, metavar="N",
+                   help="run N input sets per target: the example inputs, then N-1 drawn from the graph's "
+                        "shapes, dtypes and dynamic ranges (default 1)")
+    c.add_argument("--dynamic", action="store_true",
+                   help="capture with every input dimension dynamic, so drawn examples vary shapes too")
+    c.add_argument("--markdown", dest="markdown_path", metavar="PATH",
+                   help="write a Markdown summary (for a pull-request comment) here")
+    c.add_argument("--bisect-passes", action="store_true",
+                   help="for a target that fails after its passes, find the first pass after which it fails")
     e = sub.add_parser("export", help="write each target's model file and manifest.json")
     e.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
     e.add_argument("--to", required=True, help=f"comma-separated, from {','.join(LOWERINGS)}")
@@ -75,10 +85,43 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 timed calls, a small matmul peak")
     b.add_argument("--passes", default=None, help=_PASSES_HELP)
     b.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    r = sub.add_parser("reduce", help="shrink a failing target's graph to a minimal repro script")
+    r.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    r.add_argument("--target", required=True, help=f"the failing target, one of {','.join(LOWERINGS)}")
+    r.add_argument("-o", "--output", required=True, metavar="PATH", help="where to write the repro script")
+    r.add_argument("--passes", default=None, help=_PASSES_HELP)
+    r.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    r.add_argument("--max-steps", type=int, default=20,
+                   help="at most this many candidate subgraphs lowered and tried (default 20)")
+    _tolerance_options(r)
+    f = sub.add_parser("fuzz", help="run random valid core-ATen graphs through the CPU targets against eager")
+    f.add_argument("--seconds", type=float, required=True, help="how long to fuzz")
+    f.add_argument("--targets", default="onnx,jax", help="comma-separated lowered targets (default onnx,jax)")
+    f.add_argument("--seed", type=int, default=0, help="seed for drawing programs (default 0)")
+    f.add_argument("--max-examples", type=int, default=None, help="stop after this many programs")
+    f.add_argument("--json", dest="json_path", metavar="PATH", help="write the findings here")
     ps = sub.add_parser("passes", help="list every pass with its one-line description, one per line")
     ps.add_argument("--pipelines", action="store_true",
                     help="list the named pipelines instead, with the targets that run them by default")
     return parser
+
+
+def _tolerance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--atol", type=float, default=None, help="absolute tolerance for every output")
+    parser.add_argument("--rtol", type=float, default=None, help="relative tolerance for every output")
+    parser.add_argument("--tol", action="append", default=[], metavar="RULE",
+                        help="[TARGET:][FAMILY:]DTYPE=ATOL,RTOL, e.g. onnx:float32=2e-5,2e-4 (repeatable; "
+                             "over pyproject.toml's [tool.crossgraph.parity])")
+    parser.add_argument("--config", metavar="PYPROJECT", default=None,
+                        help="read [tool.crossgraph.parity] from this file (default: the nearest pyproject.toml)")
+
+
+def _policy(args: argparse.Namespace) -> TolerancePolicy:
+    """pyproject.toml's policy, then --tol rules, then --atol/--rtol for every output."""
+    try:
+        return TolerancePolicy.from_pyproject(args.config).with_rules(args.tol).with_override(args.atol, args.rtol)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,20 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        policy = TolerancePolicy().with_override(args.atol, args.rtol)
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+    policy = _policy(args)
+    if args.examples < 1:
+        raise InputError(f"--examples must be at least 1, got {args.examples}")
     torch.manual_seed(args.seed)
     model, inputs = spec_loader.load(args.spec)
-    report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes)
+    report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes,
+                   dynamic_shapes=auto_dynamic_shapes(inputs) if args.dynamic else None,
+                   examples=args.examples, seed=args.seed, bisect=args.bisect_passes)
     print(f"crossgraph check {args.spec}: {len(report.output_names)} output(s), "
-          f"captured in {report.capture_seconds:.2f}s")
+          f"captured in {report.capture_seconds:.2f}s" + (f", {args.examples} examples" if args.examples > 1
+                                                             else ""))
     print(report.table())
     if args.json_path:
         report.write_json(args.json_path)
     if args.junit_path:
         report.write_junit(args.junit_path)
+    if args.markdown_path:
+        report.write_markdown(args.markdown_path)
     return report.exit_code
 
 
@@ -183,7 +230,42 @@ def _passes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS = {"check": _check, "export": _export, "bench": _bench, "passes": _passes}
+def _reduce(args: argparse.Namespace) -> int:
+    """Exit 1 with a repro written when the target fails (the failure exit code), 0 when it passes."""
+    from crossgraph.compiler import reduce as reducer
+
+    policy = _policy(args)
+    torch.manual_seed(args.seed)
+    if args.target not in LOWERINGS:
+        raise InputError(f"unknown target '{args.target}' for reduce; known: {', '.join(LOWERINGS)}")
+    model, inputs = spec_loader.load(args.spec)
+    graph = Pipelines(capture(model, inputs)).run(passes_for(args.target, args.passes))[0]
+    try:
+        result = reducer.reduce(graph, args.target, inputs, policy, max_steps=args.max_steps)
+    except reducer.NothingToReduce as exc:
+        print(f"crossgraph reduce: nothing to reduce: {exc}")
+        return EXIT_OK
+    path = result.write_script(args.output)
+    print(result.message)
+    print(f"wrote {path} ({result.remaining_nodes} of {result.original_nodes} ops); run it with: python {path}")
+    return EXIT_PARITY
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from crossgraph.compiler import fuzz
+
+    if args.seconds <= 0:
+        raise InputError(f"--seconds must be positive, got {args.seconds}")
+    report = fuzz.fuzz(args.seconds, targets=_names(args.targets, ()), seed=args.seed,
+                       max_examples=args.max_examples)
+    print(report.summary())
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    return report.exit_code
+
+
+_COMMANDS = {"check": _check, "export": _export, "bench": _bench, "reduce": _reduce, "fuzz": _fuzz,
+             "passes": _passes}
 
 
 if __name__ == "__main__":

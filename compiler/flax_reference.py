@@ -46,11 +46,16 @@ def build(model: FunctionalModel) -> Callable[..., Any]:
     return lambda *xs: jitted(state, *xs)
 
 
-def run(subject: Subject, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+def prepare(subject: Subject) -> Callable[[Sequence[torch.Tensor]], list[np.ndarray]]:
+    """The reference built once; the returned function runs it on torch inputs and gives numpy outputs."""
     import jax
 
     from crossgraph.models.convert import tensor_to_jax
 
     fn = build(subject.model)
-    out = fn(*(tensor_to_jax(t) for t in inputs))
-    return [np.asarray(a) for a in jax.tree_util.tree_leaves(out)]
+
+    def run(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        out = fn(*(tensor_to_jax(t) for t in inputs))
+        return [np.asarray(a) for a in jax.tree_util.tree_leaves(out)]
+
+    return run

@@ -1,4 +1,10 @@
-"""check(): run a model on each target and compare with the model run eagerly as written."""
+"""check(): run a model on each target and compare with the model run eagerly as written.
+
+Each target is prepared once (passes, lowering, compile) and run on every example: the factory's example inputs
+first, then inputs drawn from the graph's shapes, dtypes and dynamic ranges (compiler.strategies). On a failure,
+lowered targets say where: the first node whose value leaves tolerance (compiler.localize) and, on request,
+the first pass after which the target fails (compiler.pass_bisect).
+"""
 
 from __future__ import annotations
 
@@ -7,25 +13,40 @@ import time
 import traceback
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
-from crossgraph.compiler.compare import compare_outputs
+from crossgraph.compiler.judge import judge
+from crossgraph.compiler.pass_bisect import bisect_passes
 from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
-from crossgraph.compiler.report import ParityReport, TargetResult
+from crossgraph.compiler.report import CaseResult, ParityReport, TargetResult
 from crossgraph.compiler.subject import Subject
 from crossgraph.compiler.targets import Target, resolve
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
 
 
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One set of inputs and the model's own outputs on them."""
+
+    inputs: tuple[torch.Tensor, ...]
+    reference: list[np.ndarray]
+
+
 def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor],
           targets: Sequence[str] | str | None = ("eager", "flax"), *, policy: TolerancePolicy | None = None,
           graph: Graph | None = None, dynamic_shapes: Any = None, spec: str = "",
-          passes: Passes = None) -> ParityReport:
+          passes: Passes = None, examples: int = 1, seed: int = 0, localize: bool = True,
+          bisect: bool = False) -> ParityReport:
     """Capture `model` (unless `graph` is given), run each target's passes (its default pipeline unless `passes`
-    says otherwise, see compiler.pipeline), run it, and compare every output with the model run eagerly as
-    written. Bad input (targets, pass names, capture) raises InputError; a target that fails in its passes, its
+    says otherwise, see compiler.pipeline), and compare every output with the model run eagerly as written, on
+    `examples` input sets (the example inputs, then `examples - 1` drawn with `seed`). A failing lowered target
+    gets its first divergent node (`localize`) and, with `bisect`, the first pass that breaks it. Bad input
+    (targets, pass names, capture, examples < 1) raises InputError; a target that fails in its passes, its
     lowering or its run is reported as `error`, never raised."""
+    if examples < 1:
+        raise InputError(f"examples must be at least 1, got {examples}")
     chosen = resolve(targets)
     pass_lists = {t.name: passes_for(t.name, passes) for t in chosen}
     policy = policy or TolerancePolicy()
@@ -34,36 +55,98 @@ def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
     graph = graph or capture(model, inputs, dynamic_shapes)
     capture_seconds = time.perf_counter() - start
     subject = Subject(model, graph, inputs)
-    reference = subject.reference(inputs)
+    cases = [Example(x, subject.reference(x)) for x in _inputs(graph, inputs, examples, seed)]
     pipelines = Pipelines(graph)
-    results = {t.name: _run_target(t, subject, reference, policy, pipelines, pass_lists[t.name]) for t in chosen}
+    results = {t.name: _run_target(t, subject, cases, policy, pipelines, pass_lists[t.name], localize, bisect)
+               for t in chosen}
     return ParityReport(spec=spec or graph.name, targets=results, capture_seconds=capture_seconds,
-                        output_names=graph.output_names)
+                        output_names=graph.output_names, policy=policy.describe(), seed=seed)
 
 
-def _run_target(target: Target, subject: Subject, reference: list[Any], policy: TolerancePolicy,
-                pipelines: Pipelines, pass_names: tuple[str, ...]) -> TargetResult:
+def _inputs(graph: Graph, example: tuple[torch.Tensor, ...], n: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """The example inputs, then n - 1 drawn ones (hypothesis is imported only when drawing)."""
+    if n == 1:
+        return [example]
+    from crossgraph.compiler import strategies
+    return [example, *strategies.draw(strategies.inputs(graph, example), n - 1, seed=seed)]
+
+
+def _error(exc: Exception) -> tuple[str, bool]:
+    """A failure's report text, and whether it was the user's input (which changes the exit code)."""
+    detail = "" if isinstance(exc, InputError) else "\n" + "".join(traceback.format_exception(exc)[-3:])
+    return f"{type(exc).__name__}: {exc}{detail}".strip(), isinstance(exc, InputError)
+
+
+def _run_target(target: Target, subject: Subject, cases: list[Example], policy: TolerancePolicy,
+                pipelines: Pipelines, pass_names: tuple[str, ...], localize: bool, bisect: bool) -> TargetResult:
     reason = target.unavailable(subject)
     if reason:
         return TargetResult(status="skipped", error=reason)
     start = time.perf_counter()
     try:
         subject = dataclasses.replace(subject, graph=pipelines.run(pass_names)[0])
-        outputs = target.run(subject, subject.example_inputs)
-    except Exception as exc:  # a target failing to lower or run is a result to report, not a crash
-        detail = "" if isinstance(exc, InputError) else "\n" + "".join(traceback.format_exception(exc)[-3:])
-        return TargetResult(status="error", seconds=time.perf_counter() - start,
-                            error=f"{type(exc).__name__}: {exc}{detail}".strip(),
-                            bad_input=isinstance(exc, InputError))
+        runner = target.prepare(subject)
+    except Exception as exc:  # a target failing to lower is a result to report, not a crash
+        error, bad_input = _error(exc)
+        return TargetResult(status="error", seconds=time.perf_counter() - start, error=error, bad_input=bad_input)
+    prepare_seconds = time.perf_counter() - start
+    results = [_run_case(i, target, subject, runner, case, policy) for i, case in enumerate(cases)]
+    result = _summarize(results, prepare_seconds)
+    failed = next((i for i, r in enumerate(results) if r.status != "pass"), None)
+    if failed is not None and target.lowered:
+        if localize and results[failed].status == "fail":
+            result.first_divergent_node = _localize(target, subject.graph, cases[failed].inputs, policy)
+        if bisect and pass_names:
+            result.bisect = bisect_passes(target, dataclasses.replace(subject, graph=pipelines.graph), pass_names,
+                                          cases[failed].inputs, cases[failed].reference, policy, pipelines)
+    return result
+
+
+def _run_case(index: int, target: Target, subject: Subject, runner: Any, case: Example,
+              policy: TolerancePolicy) -> CaseResult:
+    start = time.perf_counter()
+    try:
+        outputs = runner(case.inputs)
+    except Exception as exc:  # a run that raises is this example's result
+        return CaseResult(example=index, status="error", seconds=time.perf_counter() - start,
+                          error=_error(exc)[0])
     seconds = time.perf_counter() - start
-    names = subject.graph.output_names
-    if len(names) != len(reference):
-        names = [str(i) for i in range(len(reference))]
-    tols = [policy.for_output(target.name, r.dtype) for r in reference]
-    verdict = compare_outputs(names, reference, outputs, tols)
-    return TargetResult(status="pass" if verdict.ok else "fail", max_abs_err=verdict.max_abs_err,
-                        max_rel_err=verdict.max_rel_err, atol=verdict.atol, rtol=verdict.rtol,
-                        seconds=seconds, error=verdict.message)
+    v = judge(target.name, subject.graph, case.reference, outputs, policy)
+    return CaseResult(example=index, status="pass" if v.ok else "fail", max_abs_err=v.max_abs_err,
+                      max_rel_err=v.max_rel_err, mean_abs_err=v.mean_abs_err, p99_abs_err=v.p99_abs_err,
+                      worst=v.worst, atol=v.atol, rtol=v.rtol, seconds=seconds, error=v.message)
+
+
+def _summarize(cases: list[CaseResult], prepare_seconds: float) -> TargetResult:
+    """The target's verdict over its examples: the first failing example decides status, error and worst
+    element; the error statistics are the maxima over examples."""
+    shown = next((c for c in cases if c.status != "pass"), None) or max(
+        cases, key=lambda c: -1.0 if c.max_abs_err is None or np.isnan(c.max_abs_err) else c.max_abs_err)
+
+    def worst(field: str) -> float | None:
+        values = [getattr(c, field) for c in cases if getattr(c, field) is not None]
+        return None if not values else float(np.max(values))  # NaN wins: a non-finite run shows as null
+
+    status = "error" if any(c.status == "error" for c in cases) else shown.status
+    if status == "error":
+        shown = next(c for c in cases if c.status == "error")
+    label = f"example {shown.example}: " if len(cases) > 1 and shown.status != "pass" else ""
+    return TargetResult(status=status, max_abs_err=worst("max_abs_err"), max_rel_err=worst("max_rel_err"),
+                        mean_abs_err=worst("mean_abs_err"), p99_abs_err=worst("p99_abs_err"), worst=shown.worst,
+                        atol=shown.atol, rtol=shown.rtol,
+                        seconds=prepare_seconds + sum(c.seconds for c in cases),
+                        error=f"{label}{shown.error}" if shown.error else None,
+                        cases=cases if len(cases) > 1 else [])
+
+
+def _localize(target: Target, graph: Graph, inputs: tuple[torch.Tensor, ...],
+              policy: TolerancePolicy) -> dict[str, Any] | None:
+    """The first divergent node; a localization that itself fails says so in the dict rather than raising."""
+    from crossgraph.compiler.localize import first_divergent_node
+    try:
+        return first_divergent_node(graph, target.name, inputs, policy)
+    except Exception as exc:  # localization is a diagnosis: its failure must not hide the verdict
+        return {"node": None, "message": f"could not localize: {type(exc).__name__}: {exc}"}
 
 
 __all__ = ["check"]

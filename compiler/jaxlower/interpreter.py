@@ -30,16 +30,22 @@ IGNORED_KWARGS = frozenset({"layout", "device", "pin_memory", "memory_format", "
 class JaxFunction:
     """A graph as JAX: `fn(params, *inputs)` returns the graph's outputs in order; `params` holds its weights
     (parameters, buffers and lifted constants by name) as jax arrays; `output_dtypes` are the torch dtypes the
-    graph declares for its outputs (None where it declares none)."""
+    graph declares for its outputs (None where it declares none); `node_values(params, *inputs)` is `fn` returning
+    every node's value by name instead of the outputs."""
 
     fn: Callable[..., list[jax.Array]]
     params: dict[str, jax.Array]
     input_names: list[str]
     output_names: list[str]
     output_dtypes: list[torch.dtype | None]
+    node_values: Callable[..., dict[str, Any]]
 
     def __call__(self, *inputs: jax.Array) -> list[jax.Array]:
         return self.fn(self.params, *inputs)
+
+    def values(self, *inputs: jax.Array) -> dict[str, Any]:
+        """Every node's value by node name, computed op by op outside jax.jit (for localizing a divergence)."""
+        return self.node_values(self.params, *inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +73,7 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
         _check_widths(node, where_of(node))
     order = [(node.name, node.op, node.target) for node in fx.nodes if node.op in ("placeholder", "get_attr")]
 
-    def fn(weights: dict[str, jax.Array], *inputs: jax.Array) -> list[jax.Array]:
+    def values(weights: dict[str, jax.Array], *inputs: jax.Array) -> dict[str, Any]:
         if len(inputs) != len(names[0]):
             raise InputError(f"the graph takes {len(names[0])} inputs ({', '.join(names[0])}), got {len(inputs)}")
         env: dict[str, Any] = {}
@@ -80,10 +86,14 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
                 env[name] = next(feed) if source is None else weights[source]
         for step in steps:
             env[step.name] = _run(step, env)
+        return env
+
+    def fn(weights: dict[str, jax.Array], *inputs: jax.Array) -> list[jax.Array]:
+        env = values(weights, *inputs)
         return [_load(value, env) for value in outputs]
 
     dtypes = [getattr(v.meta.get("val"), "dtype", None) if isinstance(v, torch.fx.Node) else None for v in outputs]
-    return JaxFunction(fn, params, *names, dtypes)
+    return JaxFunction(fn, params, *names, dtypes, values)
 
 
 def _from_graph(graph: Graph) -> tuple[torch.fx.Graph, dict[str, str | ConstantArgument | None],

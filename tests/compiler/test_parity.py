@@ -52,3 +52,31 @@ def test_table_lists_every_target_and_why_one_was_skipped() -> None:
     for name in ("eager", "tensorrt", "flax"):
         assert name in table
     assert "flax: the model has no Flax reference" in table
+
+
+def test_examples_run_drawn_inputs_and_report_every_case() -> None:
+    """--examples N: the example inputs, then N-1 drawn ones; each is its own case with its own statistics."""
+    from crossgraph.compiler.export import auto_dynamic_shapes
+
+    model, inputs = gpt2.tiny()
+    report = check(model, inputs, ["eager", "flax"], examples=4, seed=1,
+                   dynamic_shapes=auto_dynamic_shapes(inputs))
+    flax = report.targets["flax"]
+    assert report.exit_code == 0 and [c.example for c in flax.cases] == [0, 1, 2, 3]
+    assert all(c.status == "pass" and c.worst is not None for c in flax.cases)
+    assert flax.max_abs_err == max(c.max_abs_err for c in flax.cases)
+    assert report.to_json()["targets"]["flax"]["examples"] == 4 and report.seed == 1
+
+
+def test_a_failing_drawn_example_fails_the_target_and_is_named() -> None:
+    """A model that is fine on its example input but makes NaN on drawn ones (negative inputs to log)."""
+    model, inputs = specs.makes_nan()
+    positive = (inputs[0].abs() + 1,)
+    result = check(model, positive, ["eager"], examples=3).targets["eager"]
+    assert result.cases[0].status == "pass" and any(c.status == "fail" for c in result.cases[1:])
+    assert result.status == "fail" and result.error.startswith("example ") and "NaN" in result.error
+
+
+def test_examples_must_be_positive() -> None:
+    with pytest.raises(InputError, match="examples"):
+        check(*mlp.tiny(), ["eager"], examples=0)
