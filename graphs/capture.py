@@ -47,7 +47,7 @@ def capture(model: nn.Module | FunctionalModel, example_inputs: Any,
     if bad:
         raise InputError(f"example input {bad[0]} is a {type(inputs[bad[0]]).__name__}; inputs must be tensors")
     module, input_names, kwargs, label = _as_module(model, len(inputs))
-    ds = _dynamic_shapes(dynamic_shapes, input_names, functional=isinstance(model, FunctionalModel))
+    ds = _dynamic_shapes(dynamic_shapes, input_names, kwargs, functional=isinstance(model, FunctionalModel))
     with _quiet_torch_logs():
         try:
             exported = torch.export.export(module, inputs, kwargs=kwargs, dynamic_shapes=ds, strict=False)
@@ -96,7 +96,9 @@ def _anchor_functions(apply: Any) -> None:
         register(fn)
 
 
-def _dynamic_shapes(spec: Any, names: list[str], functional: bool) -> Any:
+def _dynamic_shapes(spec: Any, names: list[str], kwargs: dict[str, Any], functional: bool) -> Any:
+    """torch.export's form of the user's dynamic shapes: a tuple per positional input, or, when capture adds
+    constant keyword arguments (Hugging Face's use_cache=False), a dict by argument name that names them too."""
     if spec is None:
         return None
     if isinstance(spec, Mapping):
@@ -108,7 +110,9 @@ def _dynamic_shapes(spec: Any, names: list[str], functional: bool) -> Any:
     if len(spec) != len(names):
         raise InputError(f"dynamic_shapes has {len(spec)} entries for {len(names)} inputs")
     # A functional model's forward takes *inputs: torch.export wants them as one tuple.
-    return (tuple(spec),) if functional else tuple(spec)
+    if functional:
+        return (tuple(spec),)
+    return {**dict(zip(names, spec)), **{k: None for k in kwargs}} if kwargs else tuple(spec)
 
 
 _FIXES = {

@@ -128,3 +128,22 @@ def _bound(module: Any, config: Any, params: dict[str, Any]) -> FunctionalModel:
 
 _IMPORTERS: dict[str, Callable[[torch.nn.Module], FunctionalModel]] = {"gpt2": _gpt2, "bert": _bert,
                                                                         "llama": _llama}
+
+
+def gpt2_tiny() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """SPEC factory: a 2-layer Hugging Face GPT2LMHeadModel from a config (random weights), batch 2, sequence 8:
+    `crossgraph check crossgraph.models.hf:gpt2_tiny`."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=128, n_positions=64)
+    return AutoModelForCausalLM.from_config(config).eval(), (torch.randint(0, 128, (2, 8)),)
+
+
+def llama_tiny() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """SPEC factory: a 2-layer Hugging Face LlamaForCausalLM (grouped-query attention, 4 heads over 2) from a
+    config, batch 2, sequence 8: `crossgraph check crossgraph.models.hf:llama_tiny`."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=128, max_position_embeddings=64)
+    return AutoModelForCausalLM.from_config(config).eval(), (torch.randint(0, 128, (2, 8)),)

@@ -8,7 +8,9 @@ from hypothesis import given, strategies as st
 
 from crossgraph.graphs import CaptureError, InputError, Provenance, capture, flatten_tree
 from crossgraph.graphs.capture import KEPT_OPS
-from crossgraph.models import gpt2, mlp
+from torch.export import Dim
+
+from crossgraph.models import gpt2, hf, mlp
 from fixtures import specs
 
 
@@ -98,3 +100,15 @@ def test_tree_keys_that_clash_with_module_attributes_are_rejected() -> None:
     with pytest.raises(ValueError, match="clashes"):
         capture(bad, inputs)
     assert "layers.0.weight" in flatten_tree(model.params)
+
+
+def test_hugging_face_model_captures_with_dynamic_shapes() -> None:
+    """capture adds use_cache=False for Hugging Face models; dynamic shapes must still line up with the inputs
+    (they failed with "inputs has 2 elements, but dynamic_shapes has 1")."""
+    model, inputs = hf.gpt2_tiny()
+    graph = capture(model, inputs, [{0: Dim.AUTO, 1: Dim.AUTO}])
+    assert set(graph.dynamic_dims()["input_ids"]) == {0, 1}
+    longer = torch.randint(0, 128, (3, 11))
+    with torch.no_grad():
+        expected = model(longer, use_cache=False).logits
+    torch.testing.assert_close(graph(longer)[0], expected)
