@@ -57,6 +57,8 @@ from crossgraph.passes import program
 
 T = TypeVar("T")
 
+_SIZE_TRIES = 10
+"""Draws of the dynamic sizes before falling back to the example's, when the program's guards reject them."""
 _DISTRIBUTIONS = ("normal", "uniform", "special")
 _INPUT_SCALES = (1.0, 0.1, 10.0, 1e-3, 1e2)  # first is what hypothesis shrinks to
 _PARAM_SCALES = (0.05, 0.01, 0.2, 0.5)
@@ -138,18 +140,50 @@ def inputs(graph: Graph, example_inputs: Sequence[torch.Tensor] | None = None
     nodes = graph.input_nodes()
     specs = [_input_spec(name, node, index_bounds.get(node.name), ex)
              for name, node, ex in zip(graph.input_names, nodes, example or [None] * len(nodes))]
-    dims = _dim_ranges(graph, specs, example, dim_caps)
-    return _input_tuples(tuple(specs), dims)
+    dims, example_sizes = _dim_ranges(graph, specs, example, dim_caps)
+    fallback = {sym: example_sizes.get(sym, low) for sym, (low, _) in dims.items()}
+    return _input_tuples(tuple(specs), dims, fallback, _shape_guard(graph) if dims else None)
+
+
+def _shape_guard(graph: Graph) -> Callable[[list[torch.Tensor]], bool] | None:
+    """Whether input shapes pass the program's guards: the relations between sizes torch.export recorded
+    beyond the range constraints (ViT's patch grid must match its position table), checked on meta tensors by
+    the guard function `ExportedProgram.module()` installs. None where this torch has none."""
+    guards = getattr(graph.module(), "_guards_fn", None)
+    if guards is None:
+        return None
+
+    def ok(tensors: list[torch.Tensor]) -> bool:
+        try:
+            guards(*pytree.tree_leaves((tensors, graph.constant_kwargs)))
+        except AssertionError:
+            return False
+        return True
+
+    return ok
+
+
+def _shape(spec: _InputSpec, sizes: dict[sympy.Symbol, int]) -> tuple[int, ...]:
+    return tuple(d if isinstance(d, int) else int(d.subs(sizes)) for d in spec.shape)
 
 
 @st.composite
 def _input_tuples(draw: Callable[[SearchStrategy[Any]], Any], specs: tuple[_InputSpec, ...],
-                  dims: dict[sympy.Symbol, tuple[int, int]]) -> tuple[torch.Tensor, ...]:
-    sizes = {sym: draw(st.integers(lo, hi)) for sym, (lo, hi) in dims.items()}
+                  dims: dict[sympy.Symbol, tuple[int, int]], fallback: dict[sympy.Symbol, int],
+                  guard: Callable[[list[torch.Tensor]], bool] | None) -> tuple[torch.Tensor, ...]:
+    """Sizes drawn from `dims` until the program's guards accept them, at most _SIZE_TRIES times, else the
+    example's (so only values vary, rather than hypothesis filtering out most draws)."""
+    for _ in range(_SIZE_TRIES):
+        sizes = {sym: draw(st.integers(lo, hi)) for sym, (lo, hi) in dims.items()}
+        if guard is None or guard([torch.empty(_shape(spec, sizes), dtype=spec.dtype, device="meta")
+                                   for spec in specs]):
+            break
+    else:
+        sizes = fallback
     gen = torch.Generator().manual_seed(draw(seeds()))
     tensors = []
     for spec in specs:
-        shape = tuple(d if isinstance(d, int) else int(d.subs(sizes)) for d in spec.shape)
+        shape = _shape(spec, sizes)
         if spec.kind == "float":
             large = _large(spec.dtype)
             scale = draw(st.sampled_from([s for s in _INPUT_SCALES if 4 * s <= large]))
@@ -281,8 +315,9 @@ def _opname(node: Node) -> str | None:
 
 
 def _dim_ranges(graph: Graph, specs: list[_InputSpec], example: list[torch.Tensor] | None,
-                caps: dict[sympy.Symbol, int]) -> dict[sympy.Symbol, tuple[int, int]]:
-    """[lowest, highest] size of each symbol in the input shapes, from the program's range constraints."""
+                caps: dict[sympy.Symbol, int]) -> tuple[dict[sympy.Symbol, tuple[int, int]], dict[sympy.Symbol, int]]:
+    """[lowest, highest] size of each symbol in the input shapes, from the program's range constraints, and
+    each symbol's size in the example."""
     example_sizes: dict[sympy.Symbol, int] = {}
     symbols: set[sympy.Symbol] = set()
     for i, spec in enumerate(specs):
@@ -302,7 +337,7 @@ def _dim_ranges(graph: Graph, specs: list[_InputSpec], example: list[torch.Tenso
             high = min(high, low + _UNBOUNDED_SPAN)
         high = max(low, min(high, caps.get(sym, high)))
         ranges[sym] = (low, int(high))
-    return ranges
+    return ranges, example_sizes
 
 
 # ---- parameters --------------------------------------------------------------------------------------------

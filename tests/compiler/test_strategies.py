@@ -11,7 +11,7 @@ from torch import nn
 from crossgraph.compiler import strategies as cst
 from crossgraph.compiler.export import auto_dynamic_shapes
 from crossgraph.graphs import Graph, InputError, capture, unflatten_tree
-from crossgraph.models import bert, gpt2, mlp
+from crossgraph.models import bert, gpt2, mlp, vit
 from crossgraph.passes.program import copy_graph
 
 # What a user's test module does: capture once, at import, and hand the graph to the strategies.
@@ -56,6 +56,19 @@ def test_sequence_stays_within_the_position_table() -> None:
     seqs = {ids.shape[1] for (ids,) in cst.draw(cst.inputs(GRAPH, long_example), 30)}
     assert GPT2.config.n_positions // 2 < max(seqs) <= GPT2.config.n_positions
     GRAPH(torch.zeros(1, max(seqs), dtype=torch.int64))
+
+
+def test_shapes_the_program_guards_reject_fall_back_to_the_example() -> None:
+    """ViT's patch grid must match its position table (H//4 * W//4 == 16): a guard, not a range constraint.
+    Drawn sizes that break it used to reach the model, which raised."""
+    model, example = vit.tiny()
+    graph = capture(model, example, auto_dynamic_shapes(example))
+    drawn = cst.draw(cst.inputs(graph, example), 12, seed=0)
+    shapes = {x.shape for (x,) in drawn}
+    assert example[0].shape in shapes and len(shapes) > 1  # some valid non-example sizes are drawn too
+    for (x,) in drawn:
+        assert (x.shape[2] // 4) * (x.shape[3] // 4) == 16
+        torch.testing.assert_close(graph(x)[0], model(x))
 
 
 def test_mlp_floats_are_finite_varied_and_run() -> None:
