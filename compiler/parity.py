@@ -55,7 +55,7 @@ def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
     graph = graph or capture(model, inputs, dynamic_shapes)
     capture_seconds = time.perf_counter() - start
     subject = Subject(model, graph, inputs)
-    cases = [Example(x, subject.reference(x)) for x in _inputs(graph, inputs, examples, seed)]
+    cases = [_example(subject, i, x) for i, x in enumerate(_inputs(graph, inputs, examples, seed))]
     pipelines = Pipelines(graph)
     results = {t.name: _run_target(t, subject, cases, policy, pipelines, pass_lists[t.name], localize, bisect)
                for t in chosen}
@@ -69,6 +69,20 @@ def _inputs(graph: Graph, example: tuple[torch.Tensor, ...], n: int, seed: int) 
         return [example]
     from crossgraph.compiler import strategies
     return [example, *strategies.draw(strategies.inputs(graph, example), n - 1, seed=seed)]
+
+
+def _example(subject: Subject, index: int, inputs: tuple[torch.Tensor, ...]) -> Example:
+    """An input set with the model's outputs on it; a model that raises on drawn inputs is bad input (its
+    captured shapes promised more than the model takes), said with the shapes."""
+    try:
+        return Example(inputs, subject.reference(inputs))
+    except Exception as exc:
+        if index == 0:
+            raise
+        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
+        raise InputError(f"the model raised on drawn example {index} (input shapes {shapes}): "
+                         f"{type(exc).__name__}: {exc}; the graph's dynamic ranges allow these shapes, so "
+                         "narrow them (torch.export.Dim min/max) or check without --dynamic") from exc
 
 
 def _error(exc: Exception) -> tuple[str, bool]:

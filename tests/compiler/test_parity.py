@@ -80,3 +80,11 @@ def test_a_failing_drawn_example_fails_the_target_and_is_named() -> None:
 def test_examples_must_be_positive() -> None:
     with pytest.raises(InputError, match="examples"):
         check(*mlp.tiny(), ["eager"], examples=0)
+
+
+def test_a_model_that_raises_on_drawn_shapes_is_bad_input_naming_them() -> None:
+    from crossgraph.compiler.export import auto_dynamic_shapes
+
+    model, inputs = specs.rejects_odd_widths()
+    with pytest.raises(InputError, match=r"the model raised on drawn example \d+ \(input shapes .*odd widths"):
+        check(model, inputs, ["eager"], examples=8, dynamic_shapes=auto_dynamic_shapes(inputs))
