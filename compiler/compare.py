@@ -64,7 +64,7 @@ def compare_array(name: str, ref: np.ndarray, cand: np.ndarray, tol: Tolerance) 
     bad = diff > tol.atol + tol.rtol * np.abs(r)
     if bad.any():
         return fail(f"{int(bad.sum())} of {bad.size} elements out of tolerance; worst at {tuple(worst['index'])}: "
-                    f"{float(c[idx]):.7g} vs reference {float(r[idx]):.7g}", abs_err, rel_err, worst=worst,
+                    f"{float(c[idx]):.9g} vs reference {float(r[idx]):.9g}", abs_err, rel_err, worst=worst,
                     **stats)
     return Comparison(True, abs_err, rel_err, tol.atol, tol.rtol, worst=worst, **stats)
 

@@ -14,6 +14,7 @@ Caveat: a probe output must be materialized, which can change what the runtime f
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -107,6 +108,7 @@ def first_divergence(graph: Graph, target: str, inputs: tuple[torch.Tensor, ...]
             if check is not None:
                 abs_err, rel_err, worst, detail = check
                 inputs_ok = _inputs_ok(node, verdicts, {n.name for n in nodes})
+                node, detail = _producer(node, detail)
                 return Divergence(node, graph.provenance(node), abs_err, rel_err, tol, worst, inputs_ok, detail)
     return None
 
@@ -155,8 +157,17 @@ def compare_values(ref: np.ndarray, cand: np.ndarray,
     index = [int(i) for i in worst]
     what = "holds NaN or Inf where the reference is finite" if (finite & ~np.isfinite(c)).any() \
         else f"{int(bad.sum())} of {bad.size} elements out of tolerance"
-    return abs_err, rel_err, index, (f"{what}; worst at {tuple(index)}: {float(c[worst]):.7g} vs reference "
-                                     f"{float(r[worst]):.7g}")
+    return abs_err, rel_err, index, (f"{what}; worst at {tuple(index)}: {float(c[worst]):.9g} vs reference "
+                                     f"{float(r[worst]):.9g}")
+
+
+def _producer(node: torch.fx.Node, detail: str) -> tuple[torch.fx.Node, str]:
+    """The node to blame for a divergent value: an output of a multi-output op (compared through its getitem)
+    is that op's, named with the output's index."""
+    source = node.args[0] if node.target is operator.getitem and node.args else None
+    if isinstance(source, torch.fx.Node) and source.op == "call_function":
+        return source, f"output {node.args[1]}: {detail}"
+    return node, detail
 
 
 def _inputs_ok(node: torch.fx.Node, verdicts: dict[str, bool], comparable: set[str]) -> bool:

@@ -326,7 +326,7 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None or math.isnan(x) else f"{x:.1e}"
 
 
-def _val(x: Any, spec: str = ".7g") -> str:
+def _val(x: Any, spec: str = ".9g") -> str:
     """A worst-element value: floats (NaN and Inf included) formatted with `spec`, the rest as they are."""
     return format(x, spec) if isinstance(x, float) else str(x)
 

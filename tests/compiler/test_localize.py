@@ -147,3 +147,22 @@ def test_compare_values_rules() -> None:
     assert worst == [0] and "NaN or Inf where the reference is finite" in detail and np.isnan(abs_err)
     assert compare_values(ref, np.array([1.0, np.inf, np.nan]), tol)[2] == [1]
     assert "shape" in compare_values(ref, ref[:2], tol)[3]
+
+
+def test_an_output_of_a_multi_output_op_blames_the_op(monkeypatch: pytest.MonkeyPatch,
+                                                       gpt2_tiny: tuple[Graph, tuple[torch.Tensor, ...]]) -> None:
+    """native_layer_norm returns (out, mean, rstd) and is compared through its getitems; a wrong `out` names
+    the layer norm and its output index, not the getitem (whose own input, a tuple, is never compared)."""
+    from crossgraph.compiler.jaxlower import registry
+    norm = torch.ops.aten.native_layer_norm.default
+    right = registry.lookup(norm)
+
+    def shifted(*args: Any) -> Any:
+        out, mean, rstd = right.fn(*args)
+        return out + 1e-3, mean, rstd
+
+    monkeypatch.setitem(registry._TABLE, norm, registry.Translation(shifted))
+    graph, inputs = gpt2_tiny
+    found = first_divergent_node(graph, "jax", inputs)
+    assert found["op"] == "aten.native_layer_norm.default" and found["inputs_ok"]
+    assert "output 0:" in found["message"] and found["provenance"]["file"].endswith("models/gpt2.py")
