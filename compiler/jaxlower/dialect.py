@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from crossgraph.compiler.jaxlower.dtypes import opmath
 from crossgraph.compiler.jaxlower.nn import gelu, native_layer_norm
 from crossgraph.compiler.jaxlower.registry import op
 from crossgraph.compiler.jaxlower.symbolic import Size
@@ -44,9 +45,12 @@ def attention(q: Array, k: Array, v: Array, mask: Array | None, causal: bool, sc
     is_causal = causal and sq == sk
     if causal and not is_causal:
         keep = _causal_keep(sq, sk) if keep is None else keep & _causal_keep(sq, sk)
-    out = jax.nn.dot_product_attention(jnp.swapaxes(q, 1, 2), jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
-                                       bias, keep, scale=scale, is_causal=is_causal)
-    return jnp.swapaxes(out, 1, 2)
+    # In float32 for float16/bfloat16, as torch's CPU kernels compute (and XLA's CPU dot has no f16 x f16 -> f32).
+    dtype = opmath(q.dtype)
+    out = jax.nn.dot_product_attention(*(jnp.swapaxes(t, 1, 2).astype(dtype) for t in (q, k, v)),
+                                       None if bias is None else bias.astype(dtype), keep, scale=scale,
+                                       is_causal=is_causal)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 @op(OPS["add_layer_norm"])
