@@ -205,11 +205,14 @@ def _first_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """The exporter logs a warning per missing optional package (torchvision) on every export; hold them back."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporter logs a warning per missing optional package (torchvision) on every export, and onnx_ir one per
+    initializer it cannot deduplicate (every constant a probe graph returns); hold them back."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
