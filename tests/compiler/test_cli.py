@@ -136,3 +136,26 @@ def test_raw_hugging_face_model_from_a_spec(capsys: pytest.CaptureFixture[str], 
     code, out, _ = run(capsys, "check", f"{FIXTURES}:hf_gpt2", "--targets", "eager", "--json", str(js))
     assert code == 0, out
     assert json.loads(js.read_text())["targets"]["eager"]["status"] == "pass"
+
+
+def test_fuzz_runs_bounded_and_writes_its_findings(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
+    code, text, _ = run(capsys, "fuzz", "--seconds", "60", "--max-examples", "2", "--targets", "jax",
+                        "--json", str(out))
+    assert code == 0 and "2 programs" in text
+    report = json.loads(out.read_text())
+    assert report["programs"] == 2 and report["counts"]["jax"]["pass"] == 2 and report["new_findings"] == 0
+
+
+def test_fuzz_and_reduce_reject_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(capsys, "fuzz", "--seconds", "0")[0] == 2
+    assert run(capsys, "fuzz", "--seconds", "5", "--targets", "gpu9000")[0] == 2
+    code, _, err = run(capsys, "reduce", str(REPO / "models" / "mlp.py") + ":tiny", "--target", "flax",
+                       "-o", str(tmp_path / "r.py"))
+    assert code == 2 and "unknown target 'flax'" in err
+
+
+def test_reduce_of_a_target_that_agrees_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = run(capsys, "reduce", str(REPO / "models" / "mlp.py") + ":tiny", "--target", "jax",
+                       "-o", str(tmp_path / "r.py"))
+    assert code == 0 and "nothing to reduce" in out and not (tmp_path / "r.py").exists()
