@@ -23,7 +23,8 @@ from crossgraph.graphs.dialect import OPS
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
     """crossgraph.attention as one scaled_dot_product_attention: `is_causal` only where it means the dialect's
-    causal mask (Sq == Sk, no other mask; SDPA aligns it to the start), else causal folded into the mask."""
+    causal mask (Sq == Sk, no other mask; SDPA aligns it to the start), else causal folded into the mask (-inf in
+    a float one, so rows it leaves no key give zeros, as the dialect's and sdpa's)."""
     gqa = not statically_known_true(q.shape[1] == k.shape[1])
     sq, sk = q.shape[-2], k.shape[-2]
     if causal and mask is None and statically_known_true(sq == sk):
@@ -35,7 +36,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool
         elif mask.dtype == torch.bool:
             mask = mask & keep
         else:
-            mask = torch.where(keep, mask, torch.finfo(mask.dtype).min)
+            mask = torch.where(keep, mask, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
 
 

@@ -17,19 +17,31 @@ from torch import Tensor
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
     """softmax(q @ k^T * scale [masked]) @ v over q [B, H, Sq, D], k and v [B, Hkv, Sk, D] (H a multiple of Hkv:
     grouped-query attention). `mask` is None, a bool mask (True: attend) or an additive float mask, broadcast to
-    [B, H, Sq, Sk]; `causal` also hides keys after each query (aligned to the end when Sq < Sk)."""
+    [B, H, Sq, Sk]; `causal` also hides keys after each query (aligned to the end when Sq < Sk).
+
+    As torch's scaled_dot_product_attention: hidden keys score -inf, and a query row whose masks leave no key
+    (every key hidden by the bool or causal mask or given -inf by the float mask; causal with Sq > Sk hides all
+    keys from the first Sq - Sk queries) gives zeros, not the mean of v a finite fill would give. A finite float
+    mask (finfo.min) hides nothing for this purpose. Targets find those rows from the masks, so they agree with
+    this wherever q and k are finite; a NaN input still gives NaN."""
     groups = q.shape[1] // k.shape[1]
     if groups > 1:
         k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     scores = (q @ k.transpose(-2, -1)) * scale
-    lowest = torch.finfo(scores.dtype).min
+    hidden = None
     if causal:
         sq, sk = q.shape[-2], k.shape[-2]
-        keep = torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
-        scores = scores.masked_fill(~keep, lowest)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask
-    return torch.softmax(scores, dim=-1) @ v
+        hidden = ~torch.ones(sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+    if mask is not None and mask.dtype == torch.bool:
+        hidden = ~mask if hidden is None else hidden | ~mask
+    if hidden is not None:  # added, not filled, as sdpa does: a NaN score stays NaN
+        scores = scores + torch.where(hidden, float("-inf"), 0.0).to(scores.dtype)
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    if hidden is not None or mask is not None:  # sdpa's safe softmax: rows of -inf only give zeros, not NaN
+        probs = probs.masked_fill((scores == float("-inf")).all(dim=-1, keepdim=True), 0.0)
+    return probs @ v
 
 
 @attention.register_fake

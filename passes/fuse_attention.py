@@ -20,8 +20,10 @@ was laid out [B, S, H, D] in memory (later views of it rely on that), the op's o
 key as the op defines it: a mask computed from `arange`s of query and key positions compared with each other
 (`tril` of ones decomposes to that, and so does Llama's causal mask: proven for symbolic sizes too), or, with
 static shapes, a mask that reads no input (Hugging Face's, built with index ops; a folded constant) and whose
-value is the triangle. Any other mask is passed through. A bool mask differs from the model only in rows where
-every key is masked (sdpa gives NaN or zeros there, the op a mean of v).
+value is the triangle, and with Sq <= Sk provable (so no row hides every key). An sdpa mask is passed through (the
+op's semantics are sdpa's: a row that keeps no key gives zeros). A written-out bool mask that fills hidden scores
+with the dtype's lowest value becomes the additive mask `hide * lowest`, because the model averages v over a row
+that hides every key, where the op with a bool mask would give zeros.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.fx import Node
-from torch.fx.experimental.symbolic_shapes import has_free_symbols
+from torch.fx.experimental.symbolic_shapes import has_free_symbols, statically_known_true
 
 from crossgraph.graphs import Graph
 from crossgraph.passes import fake, program
@@ -53,6 +55,7 @@ class _Attention(NamedTuple):
     output: Node                 # the node the op replaces
     source: Node                 # the node whose provenance the op takes
     negate_mask: bool = False    # mask is a "hide" mask: the op takes its negation
+    fill: float | None = None    # the finite value the model fills hidden scores with (the op gets it additively)
     heads_inner: bool = False    # the output is laid out [B, S, H, D] in memory (sdpa's), which users rely on
 
 
@@ -287,7 +290,7 @@ def _mask(scores: Node, is_causal: _CausalCheck, sq: Any, sk: Any
             return None
         if hides and cond.target in (aten.bitwise_not.default, aten.logical_not.default):
             cond, hides = cond.args[0], False
-        if not hides and is_causal(cond, sq, sk):
+        if not hides and is_causal(cond, sq, sk) and statically_known_true(sq <= sk):  # no row hides every key
             return inner, None, True, False
         return inner, cond, False, hides
     if scores.target == aten.add.Tensor and not scores.kwargs:
@@ -344,7 +347,8 @@ def _explicit(softmax: Node, is_causal: _CausalCheck) -> _Attention | None:
         return None  # k^T is not written as a transpose of k
     k, v = _key_value(kt.args[0], v)
     _, mask, causal, negate = masked
-    return _Attention(q, k, v, mask, causal, scale, output, softmax, negate_mask=negate)
+    fill = torch.finfo(_val(scores).dtype).min if mask is not None and _val(mask).dtype == torch.bool else None
+    return _Attention(q, k, v, mask, causal, scale, output, softmax, negate_mask=negate, fill=fill)
 
 
 def _sdpa(node: Node, is_causal: _CausalCheck) -> _Attention | None:
@@ -384,7 +388,12 @@ def _emit(graph: Graph, found: _Attention) -> set[Node]:
     new: list[Node] = []
     with graph.fx.inserting_before(found.output):
         mask = found.mask
-        if found.negate_mask:
+        if found.fill is not None:  # additive `hide * fill`: a row hiding every key averages v, as the model does
+            hide = mask if found.negate_mask else graph.fx.call_function(aten.bitwise_not.default, (mask,))
+            as_float = graph.fx.call_function(aten._to_copy.default, (hide,), {"dtype": _val(found.q).dtype})
+            mask = graph.fx.call_function(aten.mul.Tensor, (as_float, found.fill))
+            new += [n for n in (hide, as_float, mask) if n is not found.mask]
+        elif found.negate_mask:
             mask = graph.fx.call_function(aten.bitwise_not.default, (mask,))
             new.append(mask)
         op = graph.fx.call_function(torch.ops.crossgraph.attention.default,

@@ -7,6 +7,7 @@ onnx and jax artifacts still run.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -14,6 +15,7 @@ import onnx
 import onnx.inliner
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from crossgraph.compiler.dialect_decompositions import DECOMPOSITIONS, decompose, dialect_nodes
@@ -45,8 +47,8 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """One of each dialect op; attention twice: causal after a head split (MultiHeadAttention on onnx), and GQA on
-    sliced heads and queries (Sq < Sk, not a head split: standard ONNX) with an additive mask; the queries rotated
-    by their positions' angles."""
+    sliced heads and queries (Sq < Sk, not a head split: standard ONNX) with an additive mask that leaves one
+    query no key; the queries rotated by their positions' angles."""
 
     def __init__(self, hidden: int = 32, head_dim: int = 16) -> None:
         super().__init__()
@@ -101,6 +103,30 @@ def _bool_mask(*shape: int) -> torch.Tensor:
     return mask
 
 
+def _hiding_bool_mask(*shape: int) -> torch.Tensor:
+    """`_bool_mask` with query row 2 of the first batch hiding every key."""
+    mask = _bool_mask(*shape)
+    mask[0, ..., 2, :] = False
+    return mask
+
+
+def _left_padding(length: int) -> torch.Tensor:
+    """[2, 1, 1, length] keys to keep: the first batch's first 3 are padding (causal, its first 3 queries see none)."""
+    keep = torch.ones(2, 1, 1, length, dtype=torch.bool)
+    keep[0, ..., :3] = False
+    return keep
+
+
+def _row_filled(mask: torch.Tensor, value: float) -> torch.Tensor:
+    """`mask` with query row 3 of [0, 1] (or of [0, 0] when it has one head) all `value` and half of row 5 -inf."""
+    mask = mask.clone()
+    head = min(1, mask.shape[1] - 1)
+    mask[0, head, 3] = value
+    mask[0, head, 5, : mask.shape[-1] // 2] = float("-inf")
+    return mask
+
+
+LOWEST = torch.finfo(torch.float32).min
 ATTENTION_CASES: dict[str, tuple[bool, bool, list[torch.Tensor]]] = {
     "causal": (True, True, _qkv()),
     "bool_mask": (False, True, [*_qkv(), _bool_mask(2, 1, 8, 8)]),
@@ -109,6 +135,20 @@ ATTENTION_CASES: dict[str, tuple[bool, bool, list[torch.Tensor]]] = {
     "causal_sq_lt_sk": (True, True, _qkv(sq=4, sk=8)),
     "causal_gqa_sq_lt_sk_key_padding": (True, True, [*_qkv(sq=4, sk=8, kv_heads=2), _bool_mask(2, 1, 1, 8)]),
     "no_head_split_causal_gqa_sq_lt_sk": (True, False, [t.transpose(1, 2) for t in _qkv(sq=4, sk=8, kv_heads=2)]),
+    # rows no key is left to: zeros (as sdpa); a finite lowest hides nothing (the mean of v, as sdpa)
+    "bool_mask_hiding_a_row": (False, True, [*_qkv(), _hiding_bool_mask(2, 1, 8, 8)]),
+    "additive_mask_hiding_a_row": (False, True, [*_qkv(), _row_filled(_randn(1, 4, 8, 8, seed=5), -math.inf)]),
+    "additive_mask_with_a_lowest_row": (False, True, [*_qkv(), _row_filled(_randn(1, 4, 8, 8, seed=5), LOWEST)]),
+    "gqa_bool_mask_hiding_a_row": (False, True, [*_qkv(kv_heads=2), _hiding_bool_mask(2, 1, 8, 8)]),
+    "gqa_additive_mask_hiding_a_row": (False, True, [*_qkv(kv_heads=2),
+                                                     _row_filled(_randn(1, 4, 8, 8, seed=5), -math.inf)]),
+    "gqa_additive_mask_with_a_lowest_row": (False, True, [*_qkv(kv_heads=2),
+                                                          _row_filled(_randn(1, 4, 8, 8, seed=5), LOWEST)]),
+    "causal_sq_gt_sk": (True, True, _qkv(sq=8, sk=4)),
+    "causal_left_padding": (True, True, [*_qkv(), _left_padding(8)]),
+    "causal_additive_mask_with_a_lowest_row": (True, True, [*_qkv(), _row_filled(torch.zeros(1, 1, 8, 8), LOWEST)]),
+    "no_head_split_causal_sq_gt_sk_additive_mask": (True, False, [*(t.transpose(1, 2) for t in _qkv(sq=8, sk=4)),
+                                                                  _row_filled(torch.zeros(1, 1, 8, 4), -math.inf)]),
 }
 """name: (causal, split, inputs)."""
 
@@ -149,7 +189,9 @@ class Captured:
 
 
 def _block_inputs() -> list[torch.Tensor]:
-    return [*_qkv(), _randn(2, 5, 32, seed=6), _randn(2, 5, 32, seed=7), _randn(2, 1, 3, 8, seed=8)]
+    mask = _randn(2, 1, 3, 8, seed=8)
+    mask[1, 0, 1] = -math.inf  # a query row no key is left to: zeros
+    return [*_qkv(), _randn(2, 5, 32, seed=6), _randn(2, 5, 32, seed=7), mask]
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +250,36 @@ def test_opcheck(op: torch._ops.OpOverload, args: tuple[Any, ...]) -> None:
     torch.library.opcheck(op, args)
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+          scale: float) -> torch.Tensor:
+    """torch's own attention with the dialect's arguments: the end-aligned causal mask folded into the mask."""
+    if causal:
+        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool).tril(k.shape[-2] - q.shape[-2])
+        mask = keep if mask is None else mask & keep if mask.dtype == torch.bool else mask.where(keep, -math.inf)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+@pytest.mark.parametrize("name", ATTENTION_CASES)
+def test_attention_reference_is_sdpa(name: str) -> None:
+    causal, split, inputs = ATTENTION_CASES[name]
+    args = (*_heads(inputs, split), inputs[3] if len(inputs) > 3 else None, causal, 0.3)
+    torch.testing.assert_close(ops.attention(*args), _sdpa(*args), atol=ATOL, rtol=RTOL)
+
+
+def test_attention_rows_left_no_key_are_zeros_and_a_finite_mask_hides_nothing() -> None:
+    """sdpa's safe softmax, not the mean of v a finite fill gives; a NaN input still gives NaN."""
+    q, k, v = _heads(_qkv(), True)
+    hidden = ops.attention(q, k, v, _hiding_bool_mask(2, 1, 8, 8), False, 0.3)
+    assert hidden[0, :, 2].eq(0).all() and hidden[0, :, 3].ne(0).all()
+    lowest = ops.attention(q, k, v, _row_filled(torch.zeros(1, 4, 8, 8), LOWEST), False, 0.3)
+    torch.testing.assert_close(lowest[0, 1, 3], v[0, 1].mean(0))
+    assert ops.attention(q, k, v, _left_padding(8), True, 0.3)[0, :, :3].eq(0).all()
+    assert ops.attention(q, k[:, :, :4], v[:, :, :4], None, True, 0.3)[:, :, :4].eq(0).all()  # Sq > Sk
+    nan_key = (q, k.index_fill(2, torch.tensor([0]), math.nan), v, _hiding_bool_mask(2, 1, 8, 8), False, 0.3)
+    assert ops.attention(*nan_key).isnan().all()  # every score row has a NaN, the hidden one too: not -inf only
+    torch.testing.assert_close(ops.attention(*nan_key), _sdpa(*nan_key), equal_nan=True)
+
+
 def test_every_dialect_op_has_an_entry_in_every_table() -> None:
     from crossgraph.compiler.jaxlower import registry
     from crossgraph.compiler.onnx_dialect import TRANSLATIONS
@@ -240,8 +312,11 @@ def test_decomposition_refuses_a_dialect_op_it_has_no_entry_for(captured: Callab
         decompose(captured("block").graph, "inductor")
 
 
-def test_inductor(captured: Callable[[str], Captured]) -> None:
-    case = captured("block")
+@pytest.mark.parametrize("name", ["block", "causal_left_padding"])
+def test_inductor(captured: Callable[[str], Captured], name: str) -> None:
+    """Inductor's sdpa kernel gives the dialect's zeros too (block: a float mask row of -inf; causal_left_padding:
+    a bool key padding mask that leaves the first queries no key)."""
+    case = captured(name)
     _assert_close(lower(case.graph, "inductor")(*case.inputs), case.expected())
 
 

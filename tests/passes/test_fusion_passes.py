@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from crossgraph.compiler import spec
 from crossgraph.graphs import Graph, capture
 from crossgraph.models import bert, gpt2, llama
 from crossgraph.passes import CLEANUP, PassManager
@@ -91,6 +93,41 @@ def test_fuse_attention_passes_other_masks_through(capture_fn) -> None:
     qkv = [torch.randn(2, 3, 6, 4) for _ in range(3)]
     (node,) = nodes(fires((capture_fn(banded, *qkv), tuple(qkv)), "fuse_attention", ATTENTION, 1), ATTENTION)
     assert node.args[3] is not None and node.args[4] is False and node.args[5] == 0.5
+
+
+REPO = Path(__file__).resolve().parents[2]
+PADDED = spec.load(f"{REPO / 'docs' / 'examples' / 'padded_attention.py'}:left_padded")
+"""A causal attention block over a left-padded batch (the README's walkthrough model): padded queries attend to
+no key at all."""
+
+
+class WrittenOutPaddedAttention(type(PADDED[0])):
+    """The same attention written out as hand-written models do: hidden scores filled with float32's lowest
+    value, so a query row that keeps no key averages v (where sdpa gives zeros)."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).masked_fill(~mask, torch.finfo(q.dtype).min)
+        return torch.softmax(scores, dim=-1) @ v
+
+
+def test_fuse_attention_keeps_the_zeros_of_queries_a_padded_causal_mask_leaves_no_key() -> None:
+    """The op's rows without a key are sdpa's zeros (they were the mean of v: `crossgraph check` bisected the jax
+    target's failure on this model to this pass)."""
+    model, inputs = PADDED
+    captured = capture(model, inputs), inputs
+    (node,) = nodes(fires(captured, "fuse_attention", ATTENTION, 1), ATTENTION)  # parity checked on the inputs
+    assert node.args[3] is not None and count(captured[0], SDPA) == [1]
+
+
+def test_fuse_attention_keeps_the_mean_of_v_of_a_written_out_finite_fill() -> None:
+    """A written-out mask filled with a finite lowest value becomes an additive mask, so rows that hide every key
+    still average v as the model does (as a bool mask they became zeros once the op took sdpa's semantics)."""
+    model, inputs = PADDED
+    written = WrittenOutPaddedAttention().eval()
+    written.load_state_dict(model.state_dict())
+    captured = capture(written, inputs), inputs
+    (node,) = nodes(fires(captured, "fuse_attention", ATTENTION, 1), ATTENTION)  # parity checked on the inputs
+    assert node.args[3].meta["val"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("name, groups", [("llama", 4), ("bert", 2), ("gpt2", 0)])
