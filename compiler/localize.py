@@ -66,7 +66,8 @@ def reference_values(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[str, 
 
 @dataclasses.dataclass(frozen=True)
 class Divergence:
-    """Where and by how much a node's candidate value leaves its reference value."""
+    """Where and by how much a node's candidate value leaves its reference value. `node` is the compared node
+    (a getitem for an output of a multi-output op); reports name `blamed`, the op that computed the value."""
 
     node: torch.fx.Node
     provenance: Provenance | None
@@ -78,16 +79,24 @@ class Divergence:
     detail: str
 
     @property
+    def blamed(self) -> torch.fx.Node:
+        """The op that computed the divergent value: the compared node, or the multi-output op behind its
+        getitem."""
+        source = self.node.args[0] if self.node.target is operator.getitem and self.node.args else None
+        return source if isinstance(source, torch.fx.Node) and source.op == "call_function" else self.node
+
+    @property
     def message(self) -> str:
         where = f" at {self.provenance}" if self.provenance else ""
         cause = ("its inputs agree, so the error starts here" if self.inputs_ok
                  else "not every input could be compared, so the error may start earlier")
-        return f"node '{self.node.name}' ({self.node.target}){where}: {self.detail}; {cause}"
+        which = f"output {self.node.args[1]}: " if self.blamed is not self.node else ""
+        return f"node '{self.blamed.name}' ({self.blamed.target}){where}: {which}{self.detail}; {cause}"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able: non-finite errors become None, as in the parity report."""
         prov = self.provenance
-        return {"node": self.node.name, "op": str(self.node.target),
+        return {"node": self.blamed.name, "op": str(self.blamed.target),
                 "provenance": {"module": prov.module_path, "file": prov.file, "line": prov.line} if prov else None,
                 "max_abs_err": _finite(self.max_abs_err), "max_rel_err": _finite(self.max_rel_err),
                 "atol": self.tolerance.atol, "rtol": self.tolerance.rtol, "worst_index": self.worst_index,
@@ -108,7 +117,6 @@ def first_divergence(graph: Graph, target: str, inputs: tuple[torch.Tensor, ...]
             if check is not None:
                 abs_err, rel_err, worst, detail = check
                 inputs_ok = _inputs_ok(node, verdicts, {n.name for n in nodes})
-                node, detail = _producer(node, detail)
                 return Divergence(node, graph.provenance(node), abs_err, rel_err, tol, worst, inputs_ok, detail)
     return None
 
@@ -159,15 +167,6 @@ def compare_values(ref: np.ndarray, cand: np.ndarray,
         else f"{int(bad.sum())} of {bad.size} elements out of tolerance"
     return abs_err, rel_err, index, (f"{what}; worst at {tuple(index)}: {float(c[worst]):.9g} vs reference "
                                      f"{float(r[worst]):.9g}")
-
-
-def _producer(node: torch.fx.Node, detail: str) -> tuple[torch.fx.Node, str]:
-    """The node to blame for a divergent value: an output of a multi-output op (compared through its getitem)
-    is that op's, named with the output's index."""
-    source = node.args[0] if node.target is operator.getitem and node.args else None
-    if isinstance(source, torch.fx.Node) and source.op == "call_function":
-        return source, f"output {node.args[1]}: {detail}"
-    return node, detail
 
 
 def _inputs_ok(node: torch.fx.Node, verdicts: dict[str, bool], comparable: set[str]) -> bool:

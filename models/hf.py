@@ -135,7 +135,8 @@ def gpt2_tiny() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     `crossgraph check crossgraph.models.hf:gpt2_tiny`."""
     from transformers import AutoModelForCausalLM, GPT2Config
 
-    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=128, n_positions=64)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=128, n_positions=64, bos_token_id=0,
+                        eos_token_id=0)
     return AutoModelForCausalLM.from_config(config).eval(), (torch.randint(0, 128, (2, 8)),)
 
 

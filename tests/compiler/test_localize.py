@@ -149,10 +149,8 @@ def test_compare_values_rules() -> None:
     assert "shape" in compare_values(ref, ref[:2], tol)[3]
 
 
-def test_an_output_of_a_multi_output_op_blames_the_op(monkeypatch: pytest.MonkeyPatch,
-                                                       gpt2_tiny: tuple[Graph, tuple[torch.Tensor, ...]]) -> None:
-    """native_layer_norm returns (out, mean, rstd) and is compared through its getitems; a wrong `out` names
-    the layer norm and its output index, not the getitem (whose own input, a tuple, is never compared)."""
+def plant_shifted_layer_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shift the first output of the jax translation of native_layer_norm, which returns (out, mean, rstd)."""
     from crossgraph.compiler.jaxlower import registry
     norm = torch.ops.aten.native_layer_norm.default
     right = registry.lookup(norm)
@@ -162,6 +160,13 @@ def test_an_output_of_a_multi_output_op_blames_the_op(monkeypatch: pytest.Monkey
         return out + 1e-3, mean, rstd
 
     monkeypatch.setitem(registry._TABLE, norm, registry.Translation(shifted))
+
+
+def test_an_output_of_a_multi_output_op_blames_the_op(monkeypatch: pytest.MonkeyPatch,
+                                                       gpt2_tiny: tuple[Graph, tuple[torch.Tensor, ...]]) -> None:
+    """native_layer_norm is compared through its getitems; a wrong `out` names the layer norm and its output
+    index, not the getitem (whose own input, a tuple, is never compared)."""
+    plant_shifted_layer_norm(monkeypatch)
     graph, inputs = gpt2_tiny
     found = first_divergent_node(graph, "jax", inputs)
     assert found["op"] == "aten.native_layer_norm.default" and found["inputs_ok"]

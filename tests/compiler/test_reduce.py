@@ -14,7 +14,7 @@ from crossgraph.compiler import reduce as reduce_module
 from crossgraph.compiler.reduce import NothingToReduce, reduce
 from crossgraph.graphs import Graph, InputError, capture
 from crossgraph.models import gpt2, mlp
-from test_localize import plant_jax, plant_onnx, source_line
+from test_localize import plant_jax, plant_onnx, plant_shifted_layer_norm, source_line
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +111,12 @@ def test_a_graph_that_agrees_has_nothing_to_reduce() -> None:
         reduce(capture(model, inputs), "jax", inputs)
     with pytest.raises(InputError, match="cannot reduce"):
         reduce(capture(model, inputs), "flax", inputs)
+
+
+def test_a_divergence_in_a_multi_output_op_reduces(gpt2_tiny, monkeypatch) -> None:
+    """The first divergent value is a getitem of native_layer_norm: the cut keeps that one tensor output (it
+    crashed on the op's tuple once localization named the op)."""
+    plant_shifted_layer_norm(monkeypatch)
+    graph, inputs = gpt2_tiny
+    reduction = reduce(graph, "jax", inputs)
+    assert "aten.native_layer_norm.default" in ops(reduction.graph) and reduction.remaining_nodes <= 4
