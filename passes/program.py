@@ -63,14 +63,10 @@ def copy_graph(graph: Graph, *, lazy: bool = False) -> Graph:
 
 
 def finish(graph: Graph) -> None:
-    """Generate the GraphModule's code for its graph as it is now (torch re-traces that code, e.g. in
-    run_decompositions), whether the module is lazy (`copy_graph(lazy=True)`) or not."""
-    module = graph.exported.graph_module
-    if isinstance(module, _LazyGraphModule):
-        module.recompile()  # marks it stale; real_recompile below then regenerates
-        module.real_recompile()
-    else:
-        module.recompile()
+    """Mark the GraphModule's code stale after a rewrite (torch re-traces that code, e.g. in run_decompositions):
+    a lazy module (`copy_graph(lazy=True)`) regenerates it on first use, so a pipeline generates it once, when
+    its result first runs; any other module regenerates it now."""
+    graph.exported.graph_module.recompile()
 
 
 def placeholders(graph: Graph) -> list[Node]:
