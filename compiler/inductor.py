@@ -48,6 +48,7 @@ from crossgraph.compiler.artifact import Artifact, as_tensor
 from crossgraph.compiler.dialect_decompositions import decompose
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph, InputError
+from crossgraph.graphs.errors import first_line
 
 FORMAT = "crossgraph.inductor/1"
 SIGNATURE_KEY = "crossgraph.signature"
@@ -247,7 +248,7 @@ def load(path: str | os.PathLike[str]) -> LoadedPackage:
     try:
         return LoadedPackage(path, signature)
     except Exception as exc:  # the C++ loader raises RuntimeError with a multi-line C++ trace
-        raise InputError(f"{path}: AOTInductor cannot load this package ({_first_line(exc)})") from exc
+        raise InputError(f"{path}: AOTInductor cannot load this package ({first_line(exc)})") from exc
     finally:
         package_log.setLevel(level)
 
@@ -268,7 +269,7 @@ def _read_signature(path: Path) -> dict[str, Any]:
                 raise InputError(f"{path} is an AOTInductor package without a compiled library")
             metadata = [json.loads(archive.read(name)) for name in names if name.endswith("_metadata.json")]
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError) as exc:
-        raise InputError(f"{path} is not an AOTInductor package ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"{path} is not an AOTInductor package ({type(exc).__name__}: {first_line(exc)})") from exc
     text = next((m[SIGNATURE_KEY] for m in metadata if isinstance(m, dict) and SIGNATURE_KEY in m), None)
     try:
         signature = json.loads(text) if isinstance(text, str) else None
@@ -277,7 +278,3 @@ def _read_signature(path: Path) -> dict[str, Any]:
     if not isinstance(signature, dict) or signature.get("format") != FORMAT:
         raise InputError(f"{path} is an AOTInductor package not written by crossgraph (no {FORMAT} signature)")
     return signature
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -16,6 +16,7 @@ import torch
 from crossgraph.compiler.artifact import Artifact
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph, InputError, UnsupportedOpError
+from crossgraph.graphs.errors import first_line
 
 try:
     import onnx
@@ -97,7 +98,7 @@ class OnnxSession:
         try:
             return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
         except InvalidArgument as exc:
-            raise InputError(f"ONNX Runtime rejected the inputs: {_first_line(exc)}") from exc
+            raise InputError(f"ONNX Runtime rejected the inputs: {first_line(exc)}") from exc
 
     def manifest(self) -> dict[str, Any]:
         """Opset, IR version, library versions and the providers the session really uses."""
@@ -148,7 +149,7 @@ def load(path: str | os.PathLike[str], providers: Sequence[str] | None = None) -
         onnx.checker.check_model(model)
         return OnnxSession(model, chosen)
     except Exception as exc:  # protobuf, the checker and onnxruntime each raise their own types for a bad file
-        raise InputError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise InputError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first_line(exc)})") from exc
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -196,11 +197,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def _innermost(exc: BaseException) -> str:
     last = list(_chain(exc))[-1]
-    return f"{type(last).__name__}: {_first_line(last)}"
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    return f"{type(last).__name__}: {first_line(last)}"
 
 
 @contextlib.contextmanager

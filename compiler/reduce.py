@@ -42,6 +42,7 @@ from crossgraph.compiler.lower import lower
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.compiler.tolerance import Tolerance, TolerancePolicy
 from crossgraph.graphs import Graph, InputError, capture
+from crossgraph.graphs.errors import first_line
 
 DEFAULT_MAX_STEPS = 20
 """Attempts (lowerings) a reduction may spend: seconds on jax and onnx, minutes on Inductor."""
@@ -365,13 +366,13 @@ class _Search:
         try:
             graph = capture(module, inputs, name=f"{self.graph.name}_reduced")
         except Exception as exc:  # a candidate torch.export cannot capture is skipped, not a failure
-            return done(_Outcome(False, f"cannot be captured: {_first_line(exc)}"))
+            return done(_Outcome(False, f"cannot be captured: {first_line(exc)}"))
         expected = [to_numpy(t) for t in graph(*inputs)]
         try:
             got = lower(graph, self.target)(*inputs)
         except Exception as exc:  # a lowering error is the failure only when it is the original one
             name = type(exc).__name__
-            return done(_Outcome(name == self.error, f"{name}: {_first_line(exc)}"), graph)
+            return done(_Outcome(name == self.error, f"{name}: {first_line(exc)}"), graph)
         if self.error is not None:
             return done(_Outcome(False, f"runs without raising {self.error}"), graph)
         for i, (ref, cand, tol) in enumerate(zip(expected, got, tolerances)):
@@ -380,10 +381,6 @@ class _Search:
                 return done(_Outcome(True, f"output {i}: {found[3]} (max abs err {found[0]:.3g}, atol "
                                            f"{tol.atol:g}, rtol {tol.rtol:g})"), graph)
         return done(_Outcome(False, "agrees with eager"), graph)
-
-
-def _first_line(exc: BaseException) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 _SCRIPT = '''\

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's first non-blank message line (its type name when it has none): for one-line reports."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 class CrossgraphError(Exception):
     """Base of every crossgraph error."""
 
