@@ -21,6 +21,7 @@ from crossgraph.compiler.lower import LOWERINGS
 from crossgraph.compiler.parity import check
 from crossgraph.compiler.pipeline import DEFAULTS as DEFAULT_PIPELINES
 from crossgraph.compiler.pipeline import Pipelines, passes_for
+from crossgraph.compiler.quantization import SCHEMES, check_quantized
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import InputError, capture
@@ -100,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed for drawing programs (default 0)")
     f.add_argument("--max-examples", type=int, default=None, help="stop after this many programs")
     f.add_argument("--json", dest="json_path", metavar="PATH", help="write the findings here")
+    q = sub.add_parser("quantize", help="quantize a model, check each target against the quantized graph, "
+                                        "and report its accuracy against the float model")
+    q.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    q.add_argument("--scheme", required=True, choices=list(SCHEMES), metavar="SCHEME",
+                   help="; ".join(f"{s.name}: {s.description}" for s in SCHEMES.values()))
+    q.add_argument("--targets", default="onnx,jax,inductor",
+                   help="comma-separated targets checked against the quantized graph (default onnx,jax,inductor)")
+    q.add_argument("--group-size", type=int, default=None,
+                   help="int8/int4: weights quantized in groups of this many along K (0: per output channel)")
+    q.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8/int4: symmetric weights (no zero points), or not")
+    q.add_argument("--observer", default="minmax", help="static: minmax or histogram (default minmax)")
+    q.add_argument("--examples", type=int, default=1, metavar="N",
+                   help="accuracy and parity over N input sets: the example inputs, then N-1 drawn (default 1)")
+    q.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    q.add_argument("--json", dest="json_path", metavar="PATH", help="write the report here")
+    q.add_argument("--out", metavar="DIR", help="also write each target's quantized model file here")
+    _tolerance_options(q)
     ps = sub.add_parser("passes", help="list every pass with its one-line description, one per line")
     ps.add_argument("--pipelines", action="store_true",
                     help="list the named pipelines instead, with the targets that run them by default")
@@ -216,6 +235,30 @@ def _bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    """Exit 0 when every target matches the quantized graph and its outputs are finite, 1 otherwise."""
+    policy = _policy(args)
+    if args.examples < 1:
+        raise InputError(f"--examples must be at least 1, got {args.examples}")
+    torch.manual_seed(args.seed)
+    model, inputs = spec_loader.load(args.spec)
+    report = check_quantized(model, inputs, args.scheme, args.targets, policy=policy, spec=args.spec,
+                             examples=args.examples, seed=args.seed, observer=args.observer,
+                             group_size=args.group_size, symmetric=args.symmetric)
+    print(f"crossgraph quantize {args.spec} --scheme {args.scheme}: {report.quantized_nodes} node(s) quantized "
+          f"in {report.quantize_seconds:.2f}s")
+    print(report.accuracy.text())
+    print(report.parity.table())
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+    if args.out:
+        manifest = export(report.graph, [t for t in report.parity.targets if t in LOWERINGS], args.out,
+                          spec=args.spec)
+        for target, entry in manifest["artifacts"].items():
+            print(f"{target:9s} {Path(args.out) / entry['file']}  ({entry['bytes']:,} bytes)")
+    return report.exit_code
+
+
 def _passes(args: argparse.Namespace) -> int:
     """The contract's listing, `name  description` per line, so scripts can read it; pipelines on request."""
     if not args.pipelines:
@@ -265,7 +308,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _check, "export": _export, "bench": _bench, "reduce": _reduce, "fuzz": _fuzz,
-             "passes": _passes}
+             "quantize": _quantize, "passes": _passes}
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.export.graph_signature import ConstantArgument, InputKind
 
 from crossgraph.compiler.lower import lower
 from crossgraph.compiler.probe import user_outputs, with_outputs
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.compiler.tolerance import Tolerance, TolerancePolicy
 from crossgraph.graphs import Graph, InputError, Provenance
+from crossgraph.passes import program
 
 LOCALIZABLE = ("jax", "onnx", "inductor", "tensorrt")
 """Targets whose intermediate values can be read; eager has none to compare, flax is another model altogether."""
@@ -51,16 +51,9 @@ def first_divergent_node(graph: Graph, target: str, inputs: Sequence[torch.Tenso
 def reference_values(graph: Graph, inputs: Sequence[torch.Tensor]) -> dict[str, Any]:
     """Every node's eager value by node name: the exported program's graph run by a torch.fx Interpreter, its
     parameters, buffers and constants bound from the program's state."""
-    program = graph.exported
-    feed, args = iter(inputs), []
-    for spec in program.graph_signature.input_specs:
-        if spec.kind == InputKind.USER_INPUT:
-            args.append(spec.arg.value if isinstance(spec.arg, ConstantArgument) else next(feed))
-        else:
-            args.append(program.state_dict.get(spec.target, program.constants.get(spec.target)))
-    interpreter = torch.fx.Interpreter(program.graph_module, garbage_collect_values=False)
+    interpreter = torch.fx.Interpreter(graph.exported.graph_module, garbage_collect_values=False)
     with torch.no_grad():
-        interpreter.run(*args)
+        interpreter.run(*program.call_args(graph, inputs))
     return {node.name: value for node, value in interpreter.env.items()}
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossgraph.graphs.quant import QUANT_OPS
+
 
 @torch.library.custom_op("crossgraph::attention", mutates_args=())
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, scale: float) -> Tensor:
@@ -113,5 +115,6 @@ OPS: dict[str, torch._ops.OpOverload] = {
     "bias_gelu": torch.ops.crossgraph.bias_gelu.default,
     "rms_norm": torch.ops.crossgraph.rms_norm.default,
     "rotary_embedding": torch.ops.crossgraph.rotary_embedding.default,
+    **QUANT_OPS,
 }
 """Every dialect op by name; each target's table must have an entry for each."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import InputKind, InputSpec, TensorArgument
+from torch.export.graph_signature import ConstantArgument, InputKind, InputSpec, TensorArgument
 from torch.fx import Node
 from torch.fx._lazy_graph_module import _LazyGraphModule
 
@@ -72,6 +72,18 @@ def finish(graph: Graph) -> None:
 def placeholders(graph: Graph) -> list[Node]:
     """The placeholders in order (one per input spec), found through fx's node index, not a graph walk."""
     return graph.fx.find_nodes(op="placeholder")
+
+
+def call_args(graph: Graph, inputs: Sequence[torch.Tensor]) -> list[Any]:
+    """The program's placeholders' values in order, for a torch.fx Interpreter over its graph module: the
+    state (parameters, buffers, constants) bound from the program, user inputs from `inputs`."""
+    program, feed, args = graph.exported, iter(inputs), []
+    for spec in program.graph_signature.input_specs:
+        if spec.kind == InputKind.USER_INPUT:
+            args.append(spec.arg.value if isinstance(spec.arg, ConstantArgument) else next(feed))
+        else:
+            args.append(program.state_dict.get(spec.target, program.constants.get(spec.target)))
+    return args
 
 
 def constant_inputs(graph: Graph) -> dict[Node, torch.Tensor]:

@@ -1,0 +1,158 @@
+"""Quantization passes: every linear layer whose weight is a constant becomes a quantized op of the dialect.
+
+    %w = aten.permute.default(%p_w, [1, 0])                 %c_qweight = input  (uint8 [N, blocks, bytes])
+    %y = aten.addmm.default(%p_b, %x, %w)          ->       %y = crossgraph.weight_only_linear.default(
+                                                                %x, %c_qweight, %c_scales, None, %p_b, K, 4, 32)
+
+A linear is an `aten.mm` or `aten.addmm` (what F.linear and `x @ w` are captured as) whose weight operand is a
+parameter, buffer or constant, possibly through transposes and views (a tied LM head reads the embedding table
+transposed); the stored weight is quantized once, here. The new node carries a QuantSpec annotation; weights
+nothing reads any more leave the program. Schemes (graphs/quant.py has the storage and the math):
+
+- `quantize_int8_weight_only`, `quantize_int4_weight_only`: weights in 8 or 4 bits (MatMulNBits layout), per
+  output channel or in groups along K, symmetric or not; activations stay float.
+- `quantize_dynamic_int8`: int8 weights per output channel, activations quantized to uint8 on every call.
+- static int8 (`quantize_static`, not a registered pass: it needs a Calibration from `calibrate`): int8 weights,
+  activations quantized with the scale and zero point their calibrated range gives.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.fx import Node
+
+from crossgraph.graphs import Graph, InputError
+from crossgraph.graphs import annotations, quant
+from crossgraph.graphs.quant import QUANT_OPS, QuantSpec
+from crossgraph.passes import fake, program
+from crossgraph.passes.registry import register
+
+aten = torch.ops.aten
+LINEARS = (aten.mm.default, aten.addmm.default)
+_WEIGHT_VIEWS = frozenset({aten.permute.default, aten.t.default, aten.transpose.int, aten.view.default,
+                           aten.reshape.default, aten.clone.default, aten.alias.default, aten._unsafe_view.default})
+"""Ops between a stored weight and the matmul that only re-lay it out (evaluated once, on the real tensor)."""
+
+
+def _weight_value(node: Node, constants: dict[Node, torch.Tensor]) -> torch.Tensor | None:
+    """The value of a matmul's weight operand when it is a stored weight, maybe re-laid out; else None."""
+    if node in constants:
+        return constants[node]
+    if node.target not in _WEIGHT_VIEWS or not isinstance(node.args[0], Node) or any(
+            isinstance(a, Node) for a in node.args[1:]):
+        return None
+    source = _weight_value(node.args[0], constants)
+    return None if source is None else node.target(source, *node.args[1:], **node.kwargs)
+
+
+def linears(graph: Graph) -> list[tuple[Node, torch.Tensor]]:
+    """Each float mm/addmm with a stored 2-D weight [K, N], and that weight's value, in graph order."""
+    constants = program.constant_inputs(graph)
+    found = []
+    for node in graph.fx.nodes:
+        if node.op != "call_function" or node.target not in LINEARS or node.kwargs:
+            continue
+        weight = _weight_value(node.args[-1], constants) if isinstance(node.args[-1], Node) else None
+        if weight is not None and weight.dim() == 2 and weight.is_floating_point():
+            found.append((node, weight))
+    return found
+
+
+Quantized = tuple[torch._ops.OpOverload, tuple, tuple, QuantSpec]
+"""A linear's replacement: the dialect op, its arguments between x and the bias (stored tensors), those after
+the bias (sizes, calibrated scalars), and the annotation."""
+Replacement = Callable[[Graph, Node, torch.Tensor], Quantized]
+"""(graph, linear node, its weight [K, N]) -> the replacement."""
+
+
+def _rewrite(graph: Graph, replacement: Replacement, only: set[str] | None = None) -> Graph:
+    """Replace every linear of `graph` (those named in `only`, when given) by the quantized op `replacement`
+    describes; drop the weights left unread."""
+    constants = program.constant_inputs(graph)
+    new_nodes: set[Node] = set()
+    for node, weight in linears(graph):
+        if only is not None and node.name not in only:
+            continue
+        bias, x = (node.args[0], node.args[1]) if node.target == aten.addmm.default else (None, node.args[0])
+        op, stored, trailing, spec = replacement(graph, node, weight.detach())
+        with graph.fx.inserting_before(node):
+            quantized = graph.fx.call_function(op, (x, *stored, bias, *trailing))
+        program.carry_provenance(node, quantized)
+        annotations.put(quantized, spec)
+        node.replace_all_uses_with(quantized)
+        program.erase_unused(graph, node)
+        new_nodes.add(quantized)
+    fake.set_vals(graph, new_nodes)
+    program.remove_inputs(graph, [n for n in constants if not n.users])
+    return graph
+
+
+def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric: bool = True) -> Graph:
+    """Every linear's weight in `bits` (4 or 8), per output channel (group_size 0) or in groups of
+    `group_size` along K (a power of two >= 16, as MatMulNBits takes), symmetric or with zero points."""
+    if bits not in (4, 8):
+        raise InputError(f"weight-only quantization takes 4 or 8 bits, not {bits}")
+    if group_size and (group_size < 16 or group_size & (group_size - 1)):
+        raise InputError(f"group_size must be 0 (per channel) or a power of two >= 16, not {group_size}")
+    scheme = f"int{bits}_weight_only"
+
+    def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
+        k = weight.shape[0]
+        tensors = zip(("qweight", "scales", "zero_points"), quant.quantize_weight(weight.T, bits, group_size, symmetric))
+        stored = tuple(None if t is None else program.add_constant(graph, f"{node.name}_{what}", t)
+                       for what, t in tensors)
+        return (QUANT_OPS["weight_only_linear"], stored, (k, bits, quant.storage_block(k, group_size)),
+                QuantSpec(scheme, bits, group_size, symmetric))
+
+    return _rewrite(graph, replace)
+
+
+def _int8_weight(graph: Graph, node: Node, weight: torch.Tensor) -> tuple[Node, Node]:
+    """The int8 per-channel weight and its scales, stored as constants."""
+    qweight, scale = quant.quantize_weight_int8(weight)
+    return (program.add_constant(graph, f"{node.name}_qweight", qweight),
+            program.add_constant(graph, f"{node.name}_w_scale", scale))
+
+
+def quantize_dynamic(graph: Graph) -> Graph:
+    """Every linear as int8 weights (per output channel) times activations quantized to uint8 per call."""
+    def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
+        return QUANT_OPS["dynamic_quant_linear"], _int8_weight(graph, node, weight), (), QuantSpec("dynamic_int8")
+
+    return _rewrite(graph, replace)
+
+
+def quantize_static(graph: Graph, calibration: dict[str, tuple[float, int]]) -> Graph:
+    """Every calibrated linear (node name -> its input's uint8 scale and zero point, from `calibrate`) as int8
+    weights times activations quantized with that fixed scale and zero point; other linears stay float."""
+    calibrated = {node.name for node, _ in linears(graph)} & set(calibration)
+    if not calibrated:
+        raise InputError("the calibration names none of this graph's linear layers: calibrate the same graph "
+                         "that is quantized")
+
+    def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
+        scale, zero = calibration[node.name]
+        return (QUANT_OPS["static_quant_linear"], _int8_weight(graph, node, weight), (scale, zero),
+                QuantSpec("static_int8", activation_scale=scale, activation_zero_point=zero))
+
+    return _rewrite(graph, replace, calibrated)
+
+
+@register("quantize_int8_weight_only", "int8 weights per output channel (MatMulNBits layout), float activations")
+def quantize_int8_weight_only(graph: Graph) -> Graph:
+    """quantize_weight_only(bits=8, per channel, symmetric)."""
+    return quantize_weight_only(graph, 8)
+
+
+@register("quantize_int4_weight_only", "int4 weights in groups of 32 with zero points, float activations")
+def quantize_int4_weight_only(graph: Graph) -> Graph:
+    """quantize_weight_only(bits=4, group_size=32, asymmetric)."""
+    return quantize_weight_only(graph, 4, 32, symmetric=False)
+
+
+@register("quantize_dynamic_int8", "int8 weights per channel, activations quantized to uint8 on every call")
+def quantize_dynamic_int8(graph: Graph) -> Graph:
+    """quantize_dynamic."""
+    return quantize_dynamic(graph)
