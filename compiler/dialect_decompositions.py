@@ -3,8 +3,8 @@
 `decompose(graph, target)` rewrites every dialect op into ATen its target's compiler has a fused kernel or fusion
 for: attention becomes one `aten.scaled_dot_product_attention` (Inductor lowers it to its flash CPU kernel, GQA and
 masks included; Torch-TensorRT has a converter for it, not run here: no GPU), the norms, bias_gelu and
-rotary_embedding become their reference math, which both compilers fuse into pointwise/reduction kernels. Names,
-inputs and outputs of the Graph stay the same.
+rotary_embedding become their reference math, which both compilers fuse into pointwise/reduction kernels; the
+quantized linears are in `quant_decompositions`. Names, inputs and outputs of the Graph stay the same.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
+from crossgraph.compiler.quant_decompositions import QUANT_DECOMPOSITIONS
 from crossgraph.graphs import Graph, UnsupportedOpError
 from crossgraph.graphs.capture import decomposition_table
 from crossgraph.graphs.dialect import OPS
@@ -72,6 +73,7 @@ DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Any]] = {
     OPS["bias_gelu"]: bias_gelu,
     OPS["rms_norm"]: rms_norm,
     OPS["rotary_embedding"]: rotary_embedding,
+    **QUANT_DECOMPOSITIONS,
 }
 """Every dialect op's ATen form; the inductor and tensorrt tables."""
 

@@ -14,6 +14,8 @@ of each dialect op (its `custom_translation_table`), choosing per op what ONNX R
 | rms_norm       | Pow, ReduceMean, Add, Sqrt, Div, Mul                             | SimplifiedLayerNormalization  |
 | rotary_        | com.microsoft RotaryEmbedding (float32, x [B, H, S, D], angles    | its RotaryEmbedding kernel    |
 | embedding      | per position or per token), else Split, Neg, Concat, Mul, Add     | the same                      |
+| quantized      | MatMulNBits, DynamicQuantizeMatMul, a QDQ MatMul: see onnx_quant  | integer kernels               |
+| linears        |                                                                  |                               |
 
 Measured (ONNX Runtime 1.32, CPU EP, 2 intra-op threads, 2 shared busy cores; best of >= 290 calls, ms;
 differences under about 10% are noise): contrib op vs the standard form.
@@ -52,6 +54,7 @@ from onnxscript import opset18 as op
 from onnxscript.onnx_types import TensorType
 from onnxscript.values import Op, Opset
 
+from crossgraph.compiler.onnx_quant import QUANT_TRANSLATIONS
 from crossgraph.graphs.dialect import OPS
 
 MICROSOFT = Opset("com.microsoft", 1)
@@ -102,9 +105,10 @@ def _same_dim(a: Any, b: Any) -> bool:
     return a.value is not None and a == b
 
 
-def _constant(value: float, like: Value) -> Value:
-    """A scalar constant in `like`'s dtype, exact in that dtype (not a float32 constant cast to it)."""
-    return op.Constant(value=ir.tensor(value, dtype=like.dtype))
+def _constant(value: float, like: Value | ir.DataType) -> Value:
+    """A scalar constant in `like`'s dtype (or in `like`, a dtype), exact in it (not a float32 constant cast to
+    it). A value an op made while the exporter traces has no dtype yet: pass the dtype itself for those."""
+    return op.Constant(value=ir.tensor(value, dtype=like if isinstance(like, ir.DataType) else like.dtype))
 
 
 def _promoted_dtype(*dtypes: ir.DataType) -> ir.DataType:
@@ -248,23 +252,23 @@ def bias_gelu(x: Value, bias: Value, approximate: str = "none") -> Value:
     """crossgraph.bias_gelu: FastGelu (tanh) or BiasGelu (erf) for float32, the bias fused when it is the 1D
     per-channel bias the kernels take."""
     if not _is_float32(x, bias):
-        return _gelu_standard(op.Add(*_promoted(x, bias)), approximate)
+        return _gelu_standard(op.Add(*_promoted(x, bias)), approximate, _promoted_dtype(x.dtype, bias.dtype))
     fused = len(bias.shape) == 1 and len(x.shape) >= 1 and _same_dim(bias.shape[0], x.shape[-1])
     if approximate == "tanh":
         return FastGelu(x, bias) if fused else FastGelu(op.Add(x, bias))
     return BiasGelu(x, bias) if fused else Gelu(op.Add(x, bias))
 
 
-def _gelu_standard(x: Value, approximate: str) -> Value:
-    """torch's gelu formulas in standard ONNX."""
-    half = _constant(0.5, x)
-    one = _constant(1.0, x)
+def _gelu_standard(x: Value, approximate: str, dtype: ir.DataType) -> Value:
+    """torch's gelu formulas in standard ONNX, on x of `dtype`."""
+    half = _constant(0.5, dtype)
+    one = _constant(1.0, dtype)
     if approximate == "tanh":
-        inner = _constant(math.sqrt(2 / math.pi), x)
-        cubic = _constant(0.044715, x)
+        inner = _constant(math.sqrt(2 / math.pi), dtype)
+        cubic = _constant(0.044715, dtype)
         arg = op.Mul(inner, op.Add(x, op.Mul(cubic, op.Mul(x, op.Mul(x, x)))))
         return op.Mul(op.Mul(half, x), op.Add(one, op.Tanh(arg)))
-    root_half = _constant(1 / math.sqrt(2), x)
+    root_half = _constant(1 / math.sqrt(2), dtype)
     return op.Mul(op.Mul(half, x), op.Add(one, op.Erf(op.Mul(x, root_half))))
 
 
@@ -331,5 +335,6 @@ TRANSLATIONS: dict[Any, Callable[..., Any]] = {
     OPS["bias_gelu"]: bias_gelu,
     OPS["rms_norm"]: rms_norm,
     OPS["rotary_embedding"]: rotary_embedding,
+    **QUANT_TRANSLATIONS,
 }
 """torch.onnx's custom_translation_table for the dialect: one entry per op."""

@@ -32,7 +32,7 @@ from crossgraph.graphs.annotations import get
 from crossgraph.graphs.quant import QuantSpec
 from crossgraph.passes import PassManager, calibrate
 from crossgraph.passes.pipelines import CLEANUP, STRUCTURAL
-from crossgraph.passes.quantize import quantize_static, quantize_weight_only
+from crossgraph.passes.quantize import quantize_static, quantize_weight_only, validate_weight_only
 
 PREPARE = STRUCTURAL + CLEANUP
 """What runs before a quantization pass: fusions that change which matmuls exist, then weights folded."""
@@ -47,6 +47,9 @@ class Scheme:
     passes: tuple[str, ...] = ()
     calibrated: bool = False
     bits: int | None = None
+    compute_dtype: str | None = None
+    """For a casting scheme, the dtype it computes in: parity judges its float32 outputs by that dtype's
+    tolerances (one float16 ulp is far beyond float32's)."""
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
@@ -57,8 +60,10 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
            ("quantize_dynamic_int8",)),
     Scheme("static", "int8 weights per channel, activations quantized with calibrated uint8 scales (QDQ)",
            calibrated=True),
-    Scheme("fp16", "float16 weights and compute, norms and softmax kept in float32", ("cast_float16",)),
-    Scheme("bf16", "bfloat16 weights and compute, norms and softmax kept in float32", ("cast_bfloat16",)),
+    Scheme("fp16", "float16 weights and compute, norms and softmax kept in float32", ("cast_float16",),
+           compute_dtype="float16"),
+    Scheme("bf16", "bfloat16 weights and compute, norms and softmax kept in float32", ("cast_bfloat16",),
+           compute_dtype="bfloat16"),
 )}
 """Every scheme by the name `crossgraph quantize --scheme` takes."""
 
@@ -76,11 +81,11 @@ def quantize(graph: Graph, name: str, *, calibration: Iterable[Sequence[torch.Te
     """`graph` quantized with scheme `name`. Static int8 needs `calibration` batches (tuples of the graph's
     inputs); weight-only schemes take `group_size` (0: per channel) and `symmetric` over their defaults."""
     chosen = scheme(name)
+    if chosen.calibrated and calibration is None:
+        raise InputError("static int8 needs calibration batches")
     prepared = PassManager(PREPARE).run(graph).graph
     steps: list[Any] = list(chosen.passes)
     if chosen.calibrated:
-        if calibration is None:
-            raise InputError("static int8 needs calibration batches")
         found = calibrate(prepared, calibration, observer=observer, progress=progress)
         steps = [_named("quantize_static_int8", lambda g: quantize_static(g, found))]
     elif group_size is not None or symmetric is not None:
@@ -89,6 +94,7 @@ def quantize(graph: Graph, name: str, *, calibration: Iterable[Sequence[torch.Te
         default = {8: (0, True), 4: (32, False)}[chosen.bits]
         group = default[0] if group_size is None else group_size
         sym = default[1] if symmetric is None else symmetric
+        validate_weight_only(chosen.bits, group)
         steps = [_named(f"quantize_int{chosen.bits}_weight_only",
                         lambda g: quantize_weight_only(g, chosen.bits, group, sym))]
     return PassManager([*steps, "dead_code"]).run(prepared).graph
@@ -241,6 +247,9 @@ def check_quantized(model: torch.nn.Module | FunctionalModel, example_inputs: Se
     start = time.perf_counter()
     quantized = quantize(graph, name, calibration=calibration, progress=progress, **options)
     seconds = time.perf_counter() - start
+    policy = policy or TolerancePolicy()
+    if scheme(name).compute_dtype:
+        policy = policy.computed_in(scheme(name).compute_dtype)
     parity = check(_GraphModel(quantized), inputs, targets, graph=quantized, policy=policy,
                    spec=spec or graph.name, examples=examples, seed=seed)
     drawn = [inputs]

@@ -188,6 +188,15 @@ class TolerancePolicy:
             tables["by_dtype"][dtype] = tol
         return dataclasses.replace(self, **tables)
 
+    def computed_in(self, dtype: str) -> "TolerancePolicy":
+        """This policy for float32 outputs of a graph that computes in `dtype` (float16 or bfloat16, cast back
+        at the outputs): wherever a table has an entry for `dtype`, it also judges float32."""
+        tables = {k: _copy(getattr(self, k)) for k in _TABLE_KEYS}
+        for table in _leaf_tables(tables):
+            if dtype in table:
+                table["float32"] = table[dtype]
+        return dataclasses.replace(self, **tables)
+
     def with_rules(self, rules: Sequence[str]) -> "TolerancePolicy":
         """This policy with `--tol` rules applied in order: `[TARGET:][FAMILY:]DTYPE=ATOL,RTOL`, e.g.
         `float32=1e-4,1e-3`, `onnx:float32=2e-5,2e-4`, `matmul:float16=2e-3,2e-2`. A bad rule raises InputError."""
@@ -234,6 +243,13 @@ class TolerancePolicy:
 
 def _copy(table: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _copy(v) if isinstance(v, Mapping) else v for k, v in table.items()}
+
+
+def _leaf_tables(table: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dtype -> Tolerance tables nested anywhere in `table` (itself, when it is one)."""
+    if all(isinstance(v, Tolerance) for v in table.values()):
+        return [table]
+    return [leaf for v in table.values() if isinstance(v, dict) for leaf in _leaf_tables(v)]
 
 
 def _dtype_name(dtype: object) -> str:

@@ -99,8 +99,11 @@ def constant_inputs(graph: Graph) -> dict[Node, torch.Tensor]:
     return found
 
 
-def add_constant(graph: Graph, name: str, tensor: torch.Tensor) -> Node:
-    """A new lifted-constant placeholder `c_<name>` holding `tensor` (registered in signature and constants)."""
+def add_constant(graph: Graph, name: str, tensor: torch.Tensor, *, buffer: bool = False) -> Node:
+    """A new lifted-constant placeholder `c_<name>` holding `tensor` (registered in signature and constants);
+    with `buffer`, a persistent buffer `b_<name>` in the state dict instead. Inductor's freezing cannot fold
+    computations on lifted constants (torch 2.13: "references nonexistent attribute _tensor_constant0"), so
+    state that a target's decomposition computes on (quantized weights) is stored as buffers."""
     ep = graph.exported
     taken = set(ep.state_dict) | set(ep.constants)
     target, suffix = name, 0
@@ -114,11 +117,12 @@ def add_constant(graph: Graph, name: str, tensor: torch.Tensor) -> Node:
         n for n in graph.fx.nodes if n.op != "placeholder")
     mode = fake.fake_mode(graph)
     with graph.fx.inserting_before(anchor):
-        node = graph.fx.placeholder(f"c_{target}")
+        node = graph.fx.placeholder(f"{'b' if buffer else 'c'}_{target}")
     node.target = node.name
     node.meta["val"] = mode.from_tensor(tensor, static_shapes=True)
-    specs.insert(first_user, InputSpec(InputKind.CONSTANT_TENSOR, TensorArgument(node.name), target, None))
-    ep.constants[target] = tensor
+    kind, persistent = (InputKind.BUFFER, True) if buffer else (InputKind.CONSTANT_TENSOR, None)
+    specs.insert(first_user, InputSpec(kind, TensorArgument(node.name), target, persistent))
+    (ep.state_dict if buffer else ep.constants)[target] = tensor
     return node
 
 

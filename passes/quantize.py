@@ -6,8 +6,8 @@
 
 A linear is an `aten.mm` or `aten.addmm` (what F.linear and `x @ w` are captured as) whose weight operand is a
 parameter, buffer or constant, possibly through transposes and views (a tied LM head reads the embedding table
-transposed); the stored weight is quantized once, here. The new node carries a QuantSpec annotation; weights
-nothing reads any more leave the program. Schemes (graphs/quant.py has the storage and the math):
+transposed); the stored weight is quantized once, here, into persistent buffers (see `program.add_constant`).
+The new node carries a QuantSpec annotation; weights nothing reads any more leave the program. Schemes (graphs/quant.py has the storage and the math):
 
 - `quantize_int8_weight_only`, `quantize_int4_weight_only`: weights in 8 or 4 bits (MatMulNBits layout), per
   output channel or in groups along K, symmetric or not; activations stay float.
@@ -89,19 +89,25 @@ def _rewrite(graph: Graph, replacement: Replacement, only: set[str] | None = Non
     return graph
 
 
-def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric: bool = True) -> Graph:
-    """Every linear's weight in `bits` (4 or 8), per output channel (group_size 0) or in groups of
-    `group_size` along K (a power of two >= 16, as MatMulNBits takes), symmetric or with zero points."""
+def validate_weight_only(bits: int, group_size: int) -> None:
+    """Raise InputError unless `bits` is 4 or 8 and `group_size` 0 (per channel) or a power of two >= 16 (what
+    MatMulNBits takes)."""
     if bits not in (4, 8):
         raise InputError(f"weight-only quantization takes 4 or 8 bits, not {bits}")
     if group_size and (group_size < 16 or group_size & (group_size - 1)):
         raise InputError(f"group_size must be 0 (per channel) or a power of two >= 16, not {group_size}")
+
+
+def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric: bool = True) -> Graph:
+    """Every linear's weight in `bits` (4 or 8), per output channel (group_size 0) or in groups of
+    `group_size` along K, symmetric or with zero points (see `validate_weight_only`)."""
+    validate_weight_only(bits, group_size)
     scheme = f"int{bits}_weight_only"
 
     def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
         k = weight.shape[0]
         tensors = zip(("qweight", "scales", "zero_points"), quant.quantize_weight(weight.T, bits, group_size, symmetric))
-        stored = tuple(None if t is None else program.add_constant(graph, f"{node.name}_{what}", t)
+        stored = tuple(None if t is None else program.add_constant(graph, f"{node.name}_{what}", t, buffer=True)
                        for what, t in tensors)
         return (QUANT_OPS["weight_only_linear"], stored, (k, bits, quant.storage_block(k, group_size)),
                 QuantSpec(scheme, bits, group_size, symmetric))
@@ -112,8 +118,8 @@ def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric
 def _int8_weight(graph: Graph, node: Node, weight: torch.Tensor) -> tuple[Node, Node]:
     """The int8 per-channel weight and its scales, stored as constants."""
     qweight, scale = quant.quantize_weight_int8(weight)
-    return (program.add_constant(graph, f"{node.name}_qweight", qweight),
-            program.add_constant(graph, f"{node.name}_w_scale", scale))
+    return (program.add_constant(graph, f"{node.name}_qweight", qweight, buffer=True),
+            program.add_constant(graph, f"{node.name}_w_scale", scale, buffer=True))
 
 
 def quantize_dynamic(graph: Graph) -> Graph:

@@ -16,7 +16,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Refusal = Callable[[torch.fx.Node], "str | None"]
 
 FAMILIES = ("elementwise", "reductions", "shape", "nn", "pooling", "linalg", "fft", "indexing", "creation",
-            "symbolic", "backward", "dialect")
+            "symbolic", "backward", "dialect", "quant")
 """The modules of `crossgraph.compiler.jaxlower` that fill the table, one op family each."""
 
 

@@ -32,6 +32,9 @@ UNREACHABLE: dict[str, str] = {
                      "crossgraph.bias_gelu.default", "crossgraph.rms_norm.default",
                      "crossgraph.rotary_embedding.default"],
                     "the crossgraph dialect, not in OpInfo: tests/compiler/test_dialect.py"),
+    **dict.fromkeys(["crossgraph.weight_only_linear.default", "crossgraph.dynamic_quant_linear.default",
+                     "crossgraph.static_quant_linear.default"],
+                    "the crossgraph dialect, not in OpInfo: tests/compiler/jaxlower/test_quant.py"),
 }
 """Table ops that no OpInfo case and no OUTSIDE_OPINFO call exercises, and where each is tested instead."""
 

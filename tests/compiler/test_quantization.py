@@ -1,0 +1,123 @@
+"""Quantized models end to end: each scheme on ONNX, JAX and Inductor against the quantized graph run eagerly,
+the accuracy report against the float graph, and `crossgraph quantize` on the command line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossgraph.compiler import quantization
+from crossgraph.compiler.cli import main
+from crossgraph.compiler.quantization import check_quantized, text_batches
+from crossgraph.graphs import InputError, capture
+from crossgraph.models import gpt2, hf, llama, mlp
+
+INT_SCHEMES = ("int8", "int4", "dynamic", "static")
+
+
+@pytest.mark.parametrize("scheme", INT_SCHEMES)
+def test_gpt2_on_every_target(scheme: str) -> None:
+    model, inputs = gpt2.tiny()
+    report = check_quantized(model, inputs, scheme, ("onnx", "jax", "inductor"), progress=False)
+    assert report.parity.passed, report.parity.table()
+    assert report.quantized_nodes == 9
+    assert report.accuracy.cosine > (0.99 if scheme == "int4" else 0.999)
+    assert report.accuracy.perplexity_float is not None and report.accuracy.perplexity_quantized is not None
+
+
+@pytest.mark.parametrize("factory", [llama.tiny, hf.gpt2_tiny, hf.llama_tiny], ids=["llama", "hf_gpt2", "hf_llama"])
+@pytest.mark.parametrize("scheme", INT_SCHEMES)
+def test_llama_and_hugging_face_on_onnx_and_jax(factory, scheme: str) -> None:
+    model, inputs = factory()
+    report = check_quantized(model, inputs, scheme, ("onnx", "jax"), progress=False, examples=2)
+    assert report.parity.passed, report.parity.table()
+    assert report.quantized_nodes >= 8
+    assert report.accuracy.cosine > 0.99
+
+
+@pytest.mark.parametrize("scheme, targets", [("fp16", ("onnx", "jax")), ("bf16", ("jax", "inductor"))])
+def test_low_precision_float_is_judged_by_its_dtype(scheme: str, targets: tuple[str, ...]) -> None:
+    """The cast graph's float32 outputs carry float16/bfloat16 rounding: parity uses that dtype's tolerances.
+    (ONNX Runtime's CPU provider has no bfloat16 arithmetic: docs/known-divergences.md.)"""
+    model, inputs = gpt2.tiny()
+    report = check_quantized(model, inputs, scheme, targets, progress=False)
+    assert report.parity.passed, report.parity.table()
+    assert report.quantized_nodes > 9 and report.accuracy.cosine > 0.999
+    low = {"fp16": "float16", "bf16": "bfloat16"}[scheme]
+    assert report.parity.policy["by_dtype"]["float32"] == report.parity.policy["by_dtype"][low]
+
+
+def test_llama_dynamic_on_inductor() -> None:
+    model, inputs = llama.tiny()
+    report = check_quantized(model, inputs, "dynamic", ("inductor",), progress=False)
+    assert report.parity.passed, report.parity.table()
+
+
+def test_perplexity_comes_from_the_shipped_text() -> None:
+    batches = text_batches(128, 2, 16)
+    assert batches and all(b[0].shape == (2, 16) and int(b[0].max()) < 128 for b in batches)
+    text = bytes(batches[0][0][0].tolist()).decode("ascii")
+    assert text.startswith("A compiler is a")
+
+
+def test_perplexity_is_reported_only_for_language_models() -> None:
+    model, inputs = mlp.tiny()
+    report = check_quantized(model, inputs, "dynamic", ("onnx",), progress=False)
+    assert report.parity.passed, report.parity.table()
+    assert report.accuracy.perplexity_float is None and "perplexity" not in report.accuracy.text()
+    assert report.accuracy.cosine > 0.999
+
+
+def test_accuracy_flags_non_finite_quantized_outputs() -> None:
+    """A quantized graph that gives NaN has a NaN cosine, and the report's exit code is a failure."""
+    model, inputs = gpt2.tiny()
+    graph = capture(model, inputs)
+    broken = quantization.quantize(graph, "dynamic")
+    for node in broken.fx.nodes:
+        if node.op == "output":
+            with broken.fx.inserting_before(node):
+                nan = broken.fx.call_function(torch.ops.aten.mul.Scalar, (node.args[0][0], math.nan))
+            node.args = ((nan, *node.args[0][1:]),)
+    broken.exported.graph_module.recompile()
+    accuracy = quantization.accuracy(graph, broken, [inputs])
+    assert math.isnan(accuracy.cosine) and accuracy.to_json()["cosine"] is None
+
+
+def test_unknown_scheme_and_options_are_input_errors() -> None:
+    model, inputs = gpt2.tiny()
+    graph = capture(model, inputs)
+    with pytest.raises(InputError, match="unknown quantization scheme"):
+        quantization.quantize(graph, "int3")
+    with pytest.raises(InputError, match="takes no group size"):
+        quantization.quantize(graph, "dynamic", group_size=32)
+    with pytest.raises(InputError, match="calibration"):
+        quantization.quantize(graph, "static")
+
+
+def test_cli_quantize_reports_accuracy_and_parity(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = tmp_path / "q.json"
+    code = main(["quantize", "crossgraph.models.gpt2:tiny", "--scheme", "int4", "--group-size", "16",
+                 "--targets", "onnx,jax", "--json", str(report), "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "9 node(s) quantized" in out and "cosine" in out and "perplexity" in out
+    data = json.loads(report.read_text())
+    assert data["scheme"] == "int4" and data["targets"]["onnx"]["status"] == "pass"
+    assert 0.99 < data["accuracy"]["cosine"] <= 1.0
+    assert (tmp_path / "out" / "model.onnx").exists() or any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scheme", "int3"], "invalid choice"),
+    (["--scheme", "int4", "--group-size", "24"], "power of two"),
+    (["--scheme", "dynamic", "--group-size", "32"], "takes no group size"),
+    (["--scheme", "static", "--observer", "median"], "unknown observer"),
+])
+def test_cli_quantize_bad_input_exits_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["quantize", "crossgraph.models.gpt2:tiny", "--targets", "onnx", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
