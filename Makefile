@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	$(VENV)/bin/crossgraph check crossgraph.models.gpt2:tiny
+	$(VENV)/bin/crossgraph quantize crossgraph.models.gpt2:tiny --scheme dynamic
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -q

@@ -6,6 +6,8 @@ it (uint8 / int8 initializers, never a float copy).
 |----------------------|------------------------------------------------------------|---------------------------|
 | weight_only_linear   | com.microsoft MatMulNBits (K, N, bits, block_size; inputs  | the same                  |
 |                      | A, B, scales, zero_points if stored, g_idx absent, bias)   |                           |
+| weight_only_embedding| com.microsoft GatherBlockQuantized over the same rows, the  | the same                  |
+|                      | padding past K sliced off                                  |                           |
 | dynamic_quant_linear | com.microsoft DynamicQuantizeMatMul (A, B int8, b_scale,   | the same                  |
 |                      | no b_zero_point, bias)                                     |                           |
 | static_quant_linear  | QuantizeLinear, DequantizeLinear on x (uint8, the scale    | QuantizeLinear,           |
@@ -85,6 +87,9 @@ MatMulNBits = _contrib(
     "MatMulNBits", {"A": "float", "B": "uint8", "scales": "float", "zero_points?": "uint8", "g_idx?": "int32",
                     "bias?": "float"},
     {"K": _A.INT, "N": _A.INT, "bits": _A.INT, "block_size": _A.INT, "accuracy_level": _A.INT})
+GatherBlockQuantized = _contrib(
+    "GatherBlockQuantized", {"data": "uint8", "indices": "int64", "scales": "float", "zero_points?": "uint8"},
+    {"gather_axis": _A.INT, "quantize_axis": _A.INT, "block_size": _A.INT, "bits": _A.INT})
 DynamicQuantizeMatMul = _contrib(
     "DynamicQuantizeMatMul", {"A": "float", "B": "int8", "b_scale": "float", "b_zero_point?": "int8",
                               "bias?": "float"}, {})
@@ -110,6 +115,25 @@ def weight_only_linear_at(accuracy_level: int) -> Callable[..., Value]:
                           bits=bits, block_size=block_size, accuracy_level=accuracy_level)
         return _like(out, x)
     return weight_only_linear
+
+
+def weight_only_embedding(qweight: Value, scales: Value, zero_points: Value | None, indices: Value, k: int,
+                          bits: int, block_size: int) -> Value:
+    """crossgraph.weight_only_embedding as one GatherBlockQuantized over the table's rows ([V, blocks * bytes],
+    the same bytes MatMulNBits reads), its padding past K sliced off. The kernel wants 4-bit zero points of an
+    even number of blocks (two per byte): an odd count gets one more block (scale 1, padding's zero point 0,
+    which the packing already holds), made once when ONNX Runtime folds constants."""
+    blocks = qweight.shape[1]
+    data = op.Reshape(qweight, op.Constant(value_ints=[0, -1]))
+    if bits == 4 and zero_points is not None and blocks % 2:
+        data = op.Pad(data, op.Constant(value_ints=[0, 0, 0, qweight.shape[2]]))
+        scales = op.Pad(scales, op.Constant(value_ints=[0, 0, 0, 1]), op.Constant(value_float=1.0))
+        blocks += 1
+    out = GatherBlockQuantized(data, indices, scales, zero_points, gather_axis=0, quantize_axis=1,
+                               block_size=block_size, bits=bits)
+    if blocks * block_size == k:
+        return out
+    return op.Slice(out, op.Constant(value_ints=[0]), op.Constant(value_ints=[k]), op.Constant(value_ints=[-1]))
 
 
 def dynamic_quant_linear(x: Value, qweight: Value, w_scale: Value, bias: Value | None) -> Value:
@@ -138,6 +162,7 @@ def quant_translations(accuracy_level: int = 0) -> dict[Any, Callable[..., Any]]
     """The quantized dialect ops' entries of onnx_dialect.TRANSLATIONS, MatMulNBits at `accuracy_level`."""
     return {
         QUANT_OPS["weight_only_linear"]: weight_only_linear_at(accuracy_level),
+        QUANT_OPS["weight_only_embedding"]: weight_only_embedding,
         QUANT_OPS["dynamic_quant_linear"]: dynamic_quant_linear,
         QUANT_OPS["static_quant_linear"]: static_quant_linear,
     }

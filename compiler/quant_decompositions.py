@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from crossgraph.graphs.quant import QUANT_OPS, dequantize_weight, dynamic_quantize, static_quantize
+from crossgraph.graphs.quant import QUANT_OPS, dequantize_weight, dynamic_quantize, embedding_rows, static_quantize
 
 
 def _finish(out: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
@@ -57,6 +57,12 @@ def weight_only_linear(x: Tensor, qweight: Tensor, scales: Tensor, zero_points: 
     return _finish(x.float() @ w.T, bias, x.dtype)
 
 
+def weight_only_embedding(qweight: Tensor, scales: Tensor, zero_points: Tensor | None, indices: Tensor, k: int,
+                          bits: int, block_size: int) -> Tensor:
+    """The looked-up rows dequantized (the reference's math): the table stays quantized, only rows are expanded."""
+    return embedding_rows(qweight, scales, zero_points, indices, k, bits)
+
+
 def dynamic_quant_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """x quantized per call as the reference does, an exact int8 matmul, scaled by x_scale * w_scale."""
     xq, scale, zero = dynamic_quantize(x)
@@ -74,6 +80,7 @@ def static_quant_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Tenso
 
 QUANT_DECOMPOSITIONS: dict[torch._ops.OpOverload, Callable[..., Any]] = {
     QUANT_OPS["weight_only_linear"]: weight_only_linear,
+    QUANT_OPS["weight_only_embedding"]: weight_only_embedding,
     QUANT_OPS["dynamic_quant_linear"]: dynamic_quant_linear,
     QUANT_OPS["static_quant_linear"]: static_quant_linear,
 }

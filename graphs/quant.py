@@ -4,7 +4,8 @@ quantized-linear ops of the crossgraph dialect.
 Storage follows what ONNX Runtime's kernels read, so the ONNX lowering stores the graph's tensors as they are
 and no target repacks at run time:
 
-- weight-only (`weight_only_linear`): com.microsoft MatMulNBits' layout. The weight W [N, K] (output features
+- weight-only (`weight_only_linear`, and `weight_only_embedding` for lookups in a table stored the same way):
+  com.microsoft MatMulNBits' layout, whose rows GatherBlockQuantized also reads. The weight W [N, K] (output features
   first) is cut along K into blocks of `block_size` (a power of two >= 16); each block has a float scale and an
   unsigned zero point (2^(bits-1) when symmetric, then not stored). `qweight` is uint8 [N, n_blocks,
   block_size * bits / 8], 4-bit values two to a byte, low nibble first; stored zero points are uint8 [N,
@@ -15,7 +16,8 @@ and no target repacks at run time:
   dynamic ones as ONNX's DynamicQuantizeLinear computes them per tensor on every call, static ones with a scale
   and zero point fixed by calibration.
 
-Every op computes in float32 and returns x's dtype; the integer products are exact (float64 accumulation).
+Every linear computes in float32 and returns x's dtype (the embedding returns float32); the integer products are
+exact (float64 accumulation).
 """
 
 from __future__ import annotations
@@ -158,6 +160,29 @@ def _(x: Tensor, qweight: Tensor, scales: Tensor, zero_points: Tensor | None, bi
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
+def embedding_rows(qweight: Tensor, scales: Tensor, zero_points: Tensor | None, indices: Tensor, k: int,
+                   bits: int) -> Tensor:
+    """The rows `indices` of a table stored in MatMulNBits' layout, dequantized: float32 [..., K]."""
+    flat = indices.reshape(-1)
+    zeros = None if zero_points is None else zero_points[flat]
+    rows = dequantize_weight(qweight[flat], scales[flat], zeros, k, bits)
+    return rows.reshape(*indices.shape, k)
+
+
+@torch.library.custom_op("crossgraph::weight_only_embedding", mutates_args=())
+def weight_only_embedding(qweight: Tensor, scales: Tensor, zero_points: Tensor | None, indices: Tensor, k: int,
+                          bits: int, block_size: int) -> Tensor:
+    """The rows `indices` of a table [V, K] stored like weight_only_linear's W (rows quantized along K), as
+    float32 [..., K]: an embedding lookup. One stored table serves a tied embedding and LM head alike."""
+    return embedding_rows(qweight, scales, zero_points, indices, k, bits)
+
+
+@weight_only_embedding.register_fake
+def _(qweight: Tensor, scales: Tensor, zero_points: Tensor | None, indices: Tensor, k: int, bits: int,
+      block_size: int) -> Tensor:
+    return scales.new_empty((*indices.shape, k))
+
+
 @torch.library.custom_op("crossgraph::dynamic_quant_linear", mutates_args=())
 def dynamic_quant_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Tensor | None) -> Tensor:
     """x [..., K] quantized per call (DynamicQuantizeLinear), times int8 qweight [K, N], scaled by
@@ -192,6 +217,7 @@ def _(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Tensor | None, x_scale:
 
 QUANT_OPS: dict[str, torch._ops.OpOverload] = {
     "weight_only_linear": torch.ops.crossgraph.weight_only_linear.default,
+    "weight_only_embedding": torch.ops.crossgraph.weight_only_embedding.default,
     "dynamic_quant_linear": torch.ops.crossgraph.dynamic_quant_linear.default,
     "static_quant_linear": torch.ops.crossgraph.static_quant_linear.default,
 }

@@ -10,7 +10,9 @@ transposed); the stored weight is quantized once, here, into persistent buffers 
 The new node carries a QuantSpec annotation; weights nothing reads any more leave the program. Schemes (graphs/quant.py has the storage and the math):
 
 - `quantize_int8_weight_only`, `quantize_int4_weight_only`: weights in 8 or 4 bits (MatMulNBits layout), per
-  output channel or in groups along K, symmetric or not; activations stay float.
+  output channel or in groups along K, symmetric or not; activations stay float. Embedding tables too
+  (`aten.embedding` of a stored table becomes `crossgraph.weight_only_embedding`), in the same layout, so a tied
+  embedding and LM head (GPT-2's wte) share one quantized table.
 - `quantize_dynamic_int8`: int8 weights per output channel, activations quantized to uint8 on every call.
 - static int8 (`quantize_static`, not a registered pass: it needs a Calibration from `calibrate`): int8 weights,
   activations quantized with the scale and zero point their calibrated range gives.
@@ -28,6 +30,7 @@ from crossgraph.graphs import annotations, quant
 from crossgraph.graphs.quant import QUANT_OPS, QuantSpec
 from crossgraph.passes import fake, program
 from crossgraph.passes.registry import register
+from crossgraph.passes.rewrite import drop_proven_asserts
 
 aten = torch.ops.aten
 LINEARS = (aten.mm.default, aten.addmm.default)
@@ -84,7 +87,15 @@ def _rewrite(graph: Graph, replacement: Replacement, only: set[str] | None = Non
         node.replace_all_uses_with(quantized)
         program.erase_unused(graph, node)
         new_nodes.add(quantized)
+    return _settle(graph, new_nodes, constants)
+
+
+def _settle(graph: Graph, new_nodes: set[Node], constants: dict[Node, torch.Tensor]) -> Graph:
+    """After a rewrite: fake values for the new nodes; the metadata asserts their values prove dropped (the
+    verifier re-derives what a changed value reaches, and an assert has no value to re-derive); the weights
+    nothing reads any more removed."""
     fake.set_vals(graph, new_nodes)
+    drop_proven_asserts(graph, list(graph.fx.nodes))
     program.remove_inputs(graph, [n for n in constants if not n.users])
     return graph
 
@@ -99,20 +110,54 @@ def validate_weight_only(bits: int, group_size: int) -> None:
 
 
 def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric: bool = True) -> Graph:
-    """Every linear's weight in `bits` (4 or 8), per output channel (group_size 0) or in groups of
-    `group_size` along K, symmetric or with zero points (see `validate_weight_only`)."""
+    """Every linear's weight, and every embedding table, in `bits` (4 or 8), per output channel (group_size 0)
+    or in groups of `group_size` along K, symmetric or with zero points (see `validate_weight_only`). A table
+    read both ways (a tied embedding and LM head) is stored once."""
     validate_weight_only(bits, group_size)
-    scheme = f"int{bits}_weight_only"
+    spec = QuantSpec(f"int{bits}_weight_only", bits, group_size, symmetric)
+    stored: dict[tuple, tuple[Node | None, ...]] = {}
+
+    def store(graph: Graph, name: str, table: torch.Tensor) -> tuple[Node | None, ...]:
+        """`table` [N, K] quantized into buffers, once per distinct tensor (a view of the same storage shares)."""
+        key = (table.data_ptr(), tuple(table.shape), table.stride(), table.dtype)
+        if key not in stored:
+            tensors = zip(("qweight", "scales", "zero_points"),
+                          quant.quantize_weight(table, bits, group_size, symmetric))
+            stored[key] = tuple(None if t is None else program.add_constant(graph, f"{name}_{what}", t, buffer=True)
+                                for what, t in tensors)
+        return stored[key]
 
     def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
         k = weight.shape[0]
-        tensors = zip(("qweight", "scales", "zero_points"), quant.quantize_weight(weight.T, bits, group_size, symmetric))
-        stored = tuple(None if t is None else program.add_constant(graph, f"{node.name}_{what}", t, buffer=True)
-                       for what, t in tensors)
-        return (QUANT_OPS["weight_only_linear"], stored, (k, bits, quant.storage_block(k, group_size)),
-                QuantSpec(scheme, bits, group_size, symmetric))
+        return (QUANT_OPS["weight_only_linear"], store(graph, node.name, weight.T),
+                (k, bits, quant.storage_block(k, group_size)), spec)
 
-    return _rewrite(graph, replace)
+    _rewrite(graph, replace)
+    return _rewrite_embeddings(graph, store, (bits, group_size), spec)
+
+
+def _rewrite_embeddings(graph: Graph, store: Callable[[Graph, str, torch.Tensor], tuple[Node | None, ...]],
+                        settings: tuple[int, int], spec: QuantSpec) -> Graph:
+    """Replace every `aten.embedding` of a stored float32 table by weight_only_embedding over `store`'s buffers;
+    drop the tables left unread."""
+    constants = program.constant_inputs(graph)
+    bits, group_size = settings
+    new_nodes: set[Node] = set()
+    for node in list(graph.fx.find_nodes(op="call_function", target=aten.embedding.default)):
+        table, indices = node.args[:2]
+        value = constants.get(table)
+        if value is None or value.dim() != 2 or value.dtype != torch.float32:
+            continue
+        k = value.shape[1]
+        with graph.fx.inserting_before(node):
+            quantized = graph.fx.call_function(QUANT_OPS["weight_only_embedding"], (
+                *store(graph, node.name, value.detach()), indices, k, bits, quant.storage_block(k, group_size)))
+        program.carry_provenance(node, quantized)
+        annotations.put(quantized, spec)
+        node.replace_all_uses_with(quantized)
+        graph.fx.erase_node(node)
+        new_nodes.add(quantized)
+    return _settle(graph, new_nodes, constants)
 
 
 def _int8_weight(graph: Graph, node: Node, weight: torch.Tensor) -> tuple[Node, Node]:

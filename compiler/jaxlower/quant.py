@@ -72,6 +72,17 @@ def weight_only_linear(x: Array, qweight: Array, scales: Array, zero_points: Arr
     return _finish(out, bias, x.dtype)
 
 
+@op(OPS["weight_only_embedding"])
+def weight_only_embedding(qweight: Array, scales: Array, zero_points: Array | None, indices: Array, k: int,
+                          bits: int, block_size: int) -> Array:
+    """The rows `indices` of the quantized table, gathered first and then dequantized to float32 [..., K]."""
+    flat = indices.reshape(-1)
+    zeros = None if zero_points is None else jnp.take(zero_points, flat, axis=0)
+    rows = _dequantize(jnp.take(qweight, flat, axis=0), jnp.take(scales, flat, axis=0).astype(jnp.float32),
+                       zeros, k, bits)
+    return rows.reshape(*indices.shape, k)
+
+
 # ---- int8 with quantized activations ----------------------------------------------------------------------
 def _dynamic_quantize(x: Array) -> tuple[Array, Array, Array]:
     """graphs.quant.dynamic_quantize: x as uint8 values (float32), the scale of its range with 0 in it over 255,

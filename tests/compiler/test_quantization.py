@@ -7,13 +7,15 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from crossgraph.compiler import quantization
 from crossgraph.compiler.cli import main
 from crossgraph.compiler.quantization import check_quantized, text_batches
-from crossgraph.graphs import InputError, capture
+from crossgraph.compiler.lower import lower
+from crossgraph.graphs import InputError, capture, quant
 from crossgraph.models import gpt2, hf, llama, mlp
 
 INT_SCHEMES = ("int8", "int4", "dynamic", "static")
@@ -121,3 +123,33 @@ def test_cli_quantize_bad_input_exits_2(argv: list[str], message: str, capsys: p
     code = main(["quantize", "crossgraph.models.gpt2:tiny", "--targets", "onnx", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+class _QuantizedTable(torch.nn.Module):
+    """An embedding lookup in a table quantized like weight_only_linear's weights."""
+
+    def __init__(self, bits: int, group: int, symmetric: bool, k: int) -> None:
+        super().__init__()
+        qweight, scales, zeros = quant.quantize_weight(torch.randn(50, k), bits, group, symmetric)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+        self.register_buffer("zeros", zeros)
+        self.settings = (k, bits, quant.storage_block(k, group))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.ops.crossgraph.weight_only_embedding(self.qweight, self.scales, self.zeros, ids, *self.settings)
+
+
+@pytest.mark.parametrize("bits, group, symmetric, k", [
+    (4, 0, True, 40), (4, 0, False, 40), (4, 16, False, 40), (4, 32, False, 96), (8, 0, True, 40),
+    (8, 32, False, 40)])
+def test_weight_only_embedding_on_onnx_and_jax(bits: int, group: int, symmetric: bool, k: int) -> None:
+    """Per channel and grouped, padded past K or not, an odd number of 4-bit zero points (the ONNX lowering pads
+    them to GatherBlockQuantized's even count): every target gathers exactly the reference's rows."""
+    model = _QuantizedTable(bits, group, symmetric, k)
+    ids = torch.randint(0, 50, (2, 7))
+    graph = capture(model, (ids,))
+    artifact = lower(graph, "onnx")
+    assert [n.op_type for n in artifact.model.graph.node if n.domain == "com.microsoft"] == ["GatherBlockQuantized"]
+    for target in (artifact, lower(graph, "jax")):
+        assert torch.equal(torch.as_tensor(np.asarray(target(ids)[0])), model(ids))

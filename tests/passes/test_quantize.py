@@ -206,3 +206,18 @@ def test_weight_error_is_at_most_half_a_step(bits: int, group: int, symmetric: b
     block = quant.storage_block(40, group)
     step = scales.repeat_interleave(block, dim=1)[:, :40]
     assert (error <= step / 2 + 1e-6).all()
+
+
+def test_tied_embedding_and_head_share_one_quantized_table() -> None:
+    """GPT-2 reads wte as its embedding and, transposed, as its LM head: weight-only quantization stores it
+    once, and the float table leaves the program."""
+    model, inputs = gpt2.tiny()
+    graph = PassManager(PREPARE).run(capture(model, inputs)).graph
+    before = _state_bytes(graph)
+    out = quantize_weight_only(graph, 4, 32, symmetric=False)  # in place: a pass function, not a Pass
+    lookup = _quantized(out, "weight_only_embedding")
+    head = [n for n in _quantized(out, "weight_only_linear") if n.args[1] is lookup[0].args[0]]
+    assert len(lookup) == 1 and len(head) == 1 and head[0].args[2:4] == lookup[0].args[1:3]
+    assert "wte.weight" not in out.exported.state_dict
+    vocab, width = model.params["wte"]["weight"].shape
+    assert _state_bytes(out) < before - 0.8 * vocab * width * 4

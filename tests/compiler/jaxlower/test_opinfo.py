@@ -32,7 +32,8 @@ UNREACHABLE: dict[str, str] = {
                      "crossgraph.bias_gelu.default", "crossgraph.rms_norm.default",
                      "crossgraph.rotary_embedding.default"],
                     "the crossgraph dialect, not in OpInfo: tests/compiler/test_dialect.py"),
-    **dict.fromkeys(["crossgraph.weight_only_linear.default", "crossgraph.dynamic_quant_linear.default",
+    **dict.fromkeys(["crossgraph.weight_only_linear.default", "crossgraph.weight_only_embedding.default",
+                     "crossgraph.dynamic_quant_linear.default",
                      "crossgraph.static_quant_linear.default"],
                     "the crossgraph dialect, not in OpInfo: tests/compiler/jaxlower/test_quant.py"),
 }
