@@ -53,8 +53,9 @@ class Scheme:
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
-    Scheme("int8", "int8 weights per output channel, float activations", ("quantize_int8_weight_only",), bits=8),
-    Scheme("int4", "int4 weights in groups of 32 with zero points, float activations",
+    Scheme("int8", "int8 weights and embeddings per output channel, float activations",
+           ("quantize_int8_weight_only",), bits=8),
+    Scheme("int4", "int4 weights and embeddings in groups of 32 with zero points, float activations",
            ("quantize_int4_weight_only",), bits=4),
     Scheme("dynamic", "int8 weights per channel, activations quantized to uint8 on every call",
            ("quantize_dynamic_int8",)),

@@ -115,17 +115,19 @@ def quantize_weight_only(graph: Graph, bits: int, group_size: int = 0, symmetric
     read both ways (a tied embedding and LM head) is stored once."""
     validate_weight_only(bits, group_size)
     spec = QuantSpec(f"int{bits}_weight_only", bits, group_size, symmetric)
-    stored: dict[tuple, tuple[Node | None, ...]] = {}
+    stored: dict[tuple, tuple[torch.Tensor, tuple[Node | None, ...]]] = {}
 
     def store(graph: Graph, name: str, table: torch.Tensor) -> tuple[Node | None, ...]:
-        """`table` [N, K] quantized into buffers, once per distinct tensor (a view of the same storage shares)."""
+        """`table` [N, K] quantized into buffers, once per distinct tensor (a view of the same storage shares;
+        the table is kept referenced, so no later tensor can reuse its address)."""
         key = (table.data_ptr(), tuple(table.shape), table.stride(), table.dtype)
         if key not in stored:
             tensors = zip(("qweight", "scales", "zero_points"),
                           quant.quantize_weight(table, bits, group_size, symmetric))
-            stored[key] = tuple(None if t is None else program.add_constant(graph, f"{name}_{what}", t, buffer=True)
-                                for what, t in tensors)
-        return stored[key]
+            stored[key] = table, tuple(None if t is None else
+                                       program.add_constant(graph, f"{name}_{what}", t, buffer=True)
+                                       for what, t in tensors)
+        return stored[key][1]
 
     def replace(graph: Graph, node: Node, weight: torch.Tensor) -> Quantized:
         k = weight.shape[0]
@@ -161,7 +163,7 @@ def _rewrite_embeddings(graph: Graph, store: Callable[[Graph, str, torch.Tensor]
 
 
 def _int8_weight(graph: Graph, node: Node, weight: torch.Tensor) -> tuple[Node, Node]:
-    """The int8 per-channel weight and its scales, stored as constants."""
+    """The int8 per-channel weight and its scales, stored as buffers."""
     qweight, scale = quant.quantize_weight_int8(weight)
     return (program.add_constant(graph, f"{node.name}_qweight", qweight, buffer=True),
             program.add_constant(graph, f"{node.name}_w_scale", scale, buffer=True))
@@ -191,13 +193,15 @@ def quantize_static(graph: Graph, calibration: dict[str, tuple[float, int]]) -> 
     return _rewrite(graph, replace, calibrated)
 
 
-@register("quantize_int8_weight_only", "int8 weights per output channel (MatMulNBits layout), float activations")
+@register("quantize_int8_weight_only", "int8 linear weights and embedding tables per output channel, float "
+          "activations")
 def quantize_int8_weight_only(graph: Graph) -> Graph:
     """quantize_weight_only(bits=8, per channel, symmetric)."""
     return quantize_weight_only(graph, 8)
 
 
-@register("quantize_int4_weight_only", "int4 weights in groups of 32 with zero points, float activations")
+@register("quantize_int4_weight_only", "int4 linear weights and embedding tables in groups of 32 with zero points, "
+          "float activations")
 def quantize_int4_weight_only(graph: Graph) -> Graph:
     """quantize_weight_only(bits=4, group_size=32, asymmetric)."""
     return quantize_weight_only(graph, 4, 32, symmetric=False)

@@ -17,58 +17,10 @@ from crossgraph.compiler import inductor
 from crossgraph.compiler.dialect_decompositions import decompose, dialect_nodes
 from crossgraph.compiler.lower import lower
 from crossgraph.compiler.subject import to_numpy
-from crossgraph.graphs import Graph, capture, quant
+from crossgraph.graphs import Graph, capture
+from quant_layers import N, Int8Linear, WeightOnly, randn
 
 pytestmark = pytest.mark.skipif(inductor.unavailable() is not None, reason=str(inductor.unavailable()))
-
-ops = torch.ops.crossgraph
-N = 24
-"""Output features of every test weight."""
-
-
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    """Standard normal values, reproducible by seed."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-class WeightOnly(nn.Module):
-    """crossgraph.weight_only_linear of a random W [N, K] quantized by quantize_weight."""
-
-    def __init__(self, k: int, bits: int, group_size: int, symmetric: bool) -> None:
-        super().__init__()
-        qweight, scales, zero_points = quant.quantize_weight(0.1 * _randn(N, k, seed=1), bits, group_size, symmetric)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scales", scales)
-        self.register_buffer("zero_points", zero_points)
-        self.register_buffer("bias", _randn(N, seed=2))
-        self.args = (k, bits, quant.storage_block(k, group_size))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        linear = ops.weight_only_linear
-        return (linear(x, self.qweight, self.scales, self.zero_points, self.bias, *self.args),
-                linear(x[0], self.qweight, self.scales, self.zero_points, None, *self.args))
-
-
-class Int8Linear(nn.Module):
-    """crossgraph.dynamic_quant_linear, or static_quant_linear with `static` = (x_scale, x_zero_point), of a random
-    W [K, N] quantized by quantize_weight_int8."""
-
-    def __init__(self, k: int, static: tuple[float, int] | None = None) -> None:
-        super().__init__()
-        qweight, w_scale = quant.quantize_weight_int8(_randn(k, N, seed=3))
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("w_scale", w_scale)
-        self.register_buffer("bias", _randn(N, seed=4))
-        self.static = static
-
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The op on x with `bias`."""
-        if self.static is None:
-            return ops.dynamic_quant_linear(x, self.qweight, self.w_scale, bias)
-        return ops.static_quant_linear(x, self.qweight, self.w_scale, bias, *self.static)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.linear(x, self.bias), self.linear(x[0], None)
 
 
 class Many(nn.Module):
@@ -87,7 +39,7 @@ def _saturating(k: int, static: tuple[float, int] | None) -> tuple[Int8Linear, t
     """An Int8Linear and x [1, 2, K] at +-6 with each weight row +-127 of x's sign: the integer sums reach
     K * 127 * ~128, about 2^29 for K = 32768: a float32 dot of the integer values would round, even one summing
     K / 16 per SIMD lane."""
-    x = torch.where(_randn(1, 2, k, seed=7) > 0, 6.0, -6.0)
+    x = torch.where(randn(1, 2, k, seed=7) > 0, 6.0, -6.0)
     model = Int8Linear(k, static)
     model.qweight.copy_(torch.where(x[0, 0, :, None] > 0, 127, -127).to(torch.int8).expand(k, N))
     return model, x
@@ -122,7 +74,7 @@ def _assert_close(actual: list[np.ndarray], expected: list[torch.Tensor], exact:
 @pytest.fixture(scope="module")
 def int8_case() -> tuple[Graph, list[torch.Tensor]]:
     """Every int8 case on x [2, 5, 40], on it in float16 and bfloat16, and saturated on x [1, 2, 32768]."""
-    x = _randn(2, 5, 40, seed=6)
+    x = randn(2, 5, 40, seed=6)
     saturated = [_saturating(32768, static) for static in INT8_CASES]
     inputs = [x, x.half(), x.bfloat16(), *[sx for _, sx in saturated]]
     layers = [*[(Int8Linear(40, static), i) for i in range(3) for static in INT8_CASES],
@@ -134,8 +86,8 @@ def test_weight_only() -> None:
     """Every bits x grouping x symmetry on K = 40 (no block size divides it; per-channel pads to 64), three on
     K = 64 (a multiple of every block), one on float16 and bfloat16 x; frozen: the dequantized weights folded."""
     configs = [(bits, group, symmetric) for bits in (4, 8) for group in (0, 16, 32) for symmetric in (True, False)]
-    x = _randn(2, 5, 40, seed=5)
-    inputs = [x, _randn(2, 5, 64, seed=6), x.half(), x.bfloat16()]
+    x = randn(2, 5, 40, seed=5)
+    inputs = [x, randn(2, 5, 64, seed=6), x.half(), x.bfloat16()]
     layers = [*[(WeightOnly(40, *config), 0) for config in configs],
               *[(WeightOnly(64, *config), 1) for config in [(4, 16, True), (8, 0, False), (4, 32, False)]],
               *[(WeightOnly(40, 4, 16, False), i) for i in (2, 3)]]
@@ -171,8 +123,8 @@ class AllThree(nn.Module):
 def test_symbolic_batch_unfrozen() -> None:
     """Weights left as inputs of the kernels (freeze=False) and a symbolic batch, run at other sizes."""
     batch = torch.export.Dim("batch", min=1, max=16)
-    graph = capture(AllThree(), (_randn(2, 5, 40, seed=8),), ({0: batch},))
+    graph = capture(AllThree(), (randn(2, 5, 40, seed=8),), ({0: batch},))
     artifact = lower(graph, "inductor", freeze=False)
     for size in (1, 7):
-        x = _randn(size, 5, 40, seed=10 + size)
+        x = randn(size, 5, 40, seed=10 + size)
         _assert_close(artifact(x), graph(x), exact=False)

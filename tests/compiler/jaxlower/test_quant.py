@@ -14,58 +14,9 @@ from torch import nn
 
 from crossgraph.compiler.lower import lower
 from crossgraph.graphs import Graph, capture, quant
+from quant_layers import N, Int8Linear, WeightOnly, randn
 
 pytest.importorskip("jax")
-
-ops = torch.ops.crossgraph
-N = 24
-"""Output features of every test weight."""
-
-
-def _randn(*shape: int, seed: int) -> torch.Tensor:
-    """Standard normal values, reproducible by seed."""
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-class WeightOnly(nn.Module):
-    """crossgraph.weight_only_linear of a random W [N, K] quantized by quantize_weight: on x [B, S, K] with a bias
-    and on x[0] [S, K] without, so each graph covers 3-D and 2-D x, bias and none."""
-
-    def __init__(self, k: int, bits: int, group_size: int, symmetric: bool) -> None:
-        super().__init__()
-        qweight, scales, zero_points = quant.quantize_weight(0.1 * _randn(N, k, seed=1), bits, group_size, symmetric)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scales", scales)
-        self.register_buffer("zero_points", zero_points)
-        self.register_buffer("bias", _randn(N, seed=2))
-        self.args = (k, bits, quant.storage_block(k, group_size))
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        linear = ops.weight_only_linear
-        return (linear(x, self.qweight, self.scales, self.zero_points, self.bias, *self.args),
-                linear(x[0], self.qweight, self.scales, self.zero_points, None, *self.args))
-
-
-class Int8Linear(nn.Module):
-    """crossgraph.dynamic_quant_linear, or static_quant_linear with `static` = (x_scale, x_zero_point), of a random
-    W [K, N] quantized by quantize_weight_int8: on x [B, S, K] with a bias and on x[0] without."""
-
-    def __init__(self, k: int, static: tuple[float, int] | None = None) -> None:
-        super().__init__()
-        qweight, w_scale = quant.quantize_weight_int8(_randn(k, N, seed=3))
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("w_scale", w_scale)
-        self.register_buffer("bias", _randn(N, seed=4))
-        self.static = static
-
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """The op on x with `bias`."""
-        if self.static is None:
-            return ops.dynamic_quant_linear(x, self.qweight, self.w_scale, bias)
-        return ops.static_quant_linear(x, self.qweight, self.w_scale, bias, *self.static)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.linear(x, self.bias), self.linear(x[0], None)
 
 
 def _run(graph: Graph, *inputs: torch.Tensor) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -92,7 +43,7 @@ def _assert_exact(actual: list[np.ndarray], expected: list[np.ndarray]) -> None:
 def test_weight_only(bits: int, group_size: int, symmetric: bool, k: int) -> None:
     """The dequantized weights are equal elementwise; only the float32 dot's summation order differs, a few ulps
     of sum |x| |w| (a few units here, K <= 64): 1e-5."""
-    x = _randn(2, 5, k, seed=5)
+    x = randn(2, 5, k, seed=5)
     actual, expected = _run(capture(WeightOnly(k, bits, group_size, symmetric), (x,)), x)
     for a, e in zip(actual, expected):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
@@ -108,7 +59,7 @@ INT8_CASES: dict[str, tuple[float, int] | None] = {
 
 @pytest.mark.parametrize("name", INT8_CASES)
 def test_int8(name: str) -> None:
-    x = _randn(2, 5, 40, seed=6)
+    x = randn(2, 5, 40, seed=6)
     _assert_exact(*_run(capture(Int8Linear(40, INT8_CASES[name]), (x,)), x))
 
 
@@ -126,7 +77,7 @@ def test_int8_exact_beyond_float32_integers(name: str) -> None:
     """x at +-6 and each weight row +-127 with x's sign: the sums reach K * 127 * ~128, about 2^29 for K = 32768,
     where a float32 dot of the integer values would round (even one summing K / 16 per SIMD lane)."""
     k = 32768
-    x = torch.where(_randn(1, 2, k, seed=7) > 0, 6.0, -6.0)
+    x = torch.where(randn(1, 2, k, seed=7) > 0, 6.0, -6.0)
     model = Int8Linear(k, INT8_CASES[name])
     model.qweight.copy_(torch.where(x[0, 0, :, None] > 0, 127, -127).to(torch.int8).expand(k, N))
     assert _integer_product(model, x).abs().max() > 2 ** 28
@@ -146,7 +97,7 @@ HALF_MODELS: dict[str, Any] = {
 def test_half_precision(dtype: torch.dtype, model: str) -> None:
     """Computed in float32 and rounded once to x's dtype, as the reference: equal but for one step of that dtype
     where the float32 results straddle a rounding boundary."""
-    x = _randn(2, 5, 40, seed=8).to(dtype)
+    x = randn(2, 5, 40, seed=8).to(dtype)
     graph = capture(HALF_MODELS[model](), (x,))
     actual = lower(graph, "jax")(x)
     for a, e in zip(actual, graph(x)):
@@ -172,9 +123,9 @@ def test_symbolic_batch_saved_and_loaded(tmp_path: Any) -> None:
     from crossgraph.compiler import jaxlower
 
     batch = torch.export.Dim("batch", min=1, max=16)
-    graph = capture(AllThree(), (_randn(2, 5, 40, seed=9),), ({0: batch},))
+    graph = capture(AllThree(), (randn(2, 5, 40, seed=9),), ({0: batch},))
     loaded = jaxlower.load(lower(graph, "jax").save(tmp_path))
     for size in (1, 7):
-        x = _randn(size, 5, 40, seed=10 + size)
+        x = randn(size, 5, 40, seed=10 + size)
         for a, e in zip(loaded(x), graph(x)):
             np.testing.assert_allclose(a, e.numpy(), rtol=1e-5, atol=1e-5)
