@@ -57,3 +57,14 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.linear(x, self.bias), self.linear(x[0], None)
+
+
+class AllThree(nn.Module):
+    """Each quantized linear on x: weight-only 4-bit group 16, dynamic, static."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linears = nn.ModuleList([WeightOnly(40, 4, 16, False), Int8Linear(40), Int8Linear(40, (0.05, 128))])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [out for linear in self.linears for out in linear(x)]

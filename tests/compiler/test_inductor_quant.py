@@ -18,7 +18,7 @@ from crossgraph.compiler.dialect_decompositions import decompose, dialect_nodes
 from crossgraph.compiler.lower import lower
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph, capture
-from quant_layers import N, Int8Linear, WeightOnly, randn
+from quant_layers import N, AllThree, Int8Linear, WeightOnly, randn
 
 pytestmark = pytest.mark.skipif(inductor.unavailable() is not None, reason=str(inductor.unavailable()))
 
@@ -107,17 +107,6 @@ def test_decomposition_leaves_no_dialect_op(int8_case: tuple[Graph, list[torch.T
     assert not dialect_nodes(decomposed)
     assert torch.ops.aten._int_mm.default in {n.target for n in decomposed.fx.nodes}
     _assert_close([to_numpy(t) for t in decomposed(*inputs)], graph(*inputs), exact=True)
-
-
-class AllThree(nn.Module):
-    """Each quantized linear on x: weight-only 4-bit group 16, dynamic, static."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linears = nn.ModuleList([WeightOnly(40, 4, 16, False), Int8Linear(40), Int8Linear(40, (0.05, 128))])
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [out for linear in self.linears for out in linear(x)]
 
 
 def test_symbolic_batch_unfrozen() -> None:

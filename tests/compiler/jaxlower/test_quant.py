@@ -10,11 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from crossgraph.compiler.lower import lower
 from crossgraph.graphs import Graph, capture, quant
-from quant_layers import N, Int8Linear, WeightOnly, randn
+from quant_layers import N, AllThree, Int8Linear, WeightOnly, randn
 
 pytest.importorskip("jax")
 
@@ -104,17 +103,6 @@ def test_half_precision(dtype: torch.dtype, model: str) -> None:
         assert str(a.dtype) == str(dtype).removeprefix("torch.")
         np.testing.assert_allclose(np.asarray(a, dtype=np.float32), e.float().numpy(),
                                    rtol=torch.finfo(dtype).eps, atol=torch.finfo(dtype).eps)
-
-
-class AllThree(nn.Module):
-    """Each quantized linear on x: weight-only 4-bit group 16, dynamic, static."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linears = nn.ModuleList([WeightOnly(40, 4, 16, False), Int8Linear(40), Int8Linear(40, (0.05, 128))])
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [out for linear in self.linears for out in linear(x)]
 
 
 def test_symbolic_batch_saved_and_loaded(tmp_path: Any) -> None:
