@@ -34,11 +34,14 @@ def test_gpt2_on_every_target(scheme: str) -> None:
 @pytest.mark.parametrize("factory", [llama.tiny, hf.gpt2_tiny, hf.llama_tiny], ids=["llama", "hf_gpt2", "hf_llama"])
 @pytest.mark.parametrize("scheme", INT_SCHEMES)
 def test_llama_and_hugging_face_on_onnx_and_jax(factory, scheme: str) -> None:
+    torch.manual_seed(0)  # Hugging Face's initialization draws from the global generator
     model, inputs = factory()
     report = check_quantized(model, inputs, scheme, ("onnx", "jax"), progress=False, examples=2)
     assert report.parity.passed, report.parity.table()
     assert report.quantized_nodes >= 8
-    assert report.accuracy.cosine > 0.99
+    # int4 of random Gaussian weights, embeddings included: 0.991-0.996 measured over seeds 0-5 on the example
+    # inputs, down to 0.990 on drawn ones; 8-bit schemes stay above 0.9998.
+    assert report.accuracy.cosine > (0.98 if scheme == "int4" else 0.999)
 
 
 @pytest.mark.parametrize("scheme, targets", [("fp16", ("onnx", "jax")), ("bf16", ("jax", "inductor"))])

@@ -54,6 +54,7 @@ def prepared() -> dict[str, tuple[Graph, tuple[torch.Tensor, ...]]]:
     out = {}
     for name, factory in {"gpt2": gpt2.tiny, "llama": llama.tiny, "hf_gpt2": hf.gpt2_tiny,
                           "hf_llama": hf.llama_tiny}.items():
+        torch.manual_seed(0)  # Hugging Face's initialization draws from the global generator
         model, inputs = factory()
         out[name] = PassManager(PREPARE).run(capture(model, inputs)).graph, inputs
     return out
@@ -72,7 +73,7 @@ def test_pass_replaces_every_linear_with_a_stored_weight(prepared: dict, model: 
     assert _state_bytes(out) < _state_bytes(graph)  # the float weights the linears read are gone
     reference, got = graph(*inputs)[0], out(*inputs)[0]
     cosine = F.cosine_similarity(got.flatten().double(), reference.flatten().double(), dim=0)
-    assert cosine > (0.99 if "int4" in name else 0.999), cosine
+    assert cosine > (0.98 if "int4" in name else 0.999), cosine  # int4: 0.991-0.996 over seeds
 
 
 def test_weight_only_stores_what_the_op_dequantizes() -> None:
