@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -36,12 +35,15 @@ from typing import Any, Callable
 
 import torch
 
-from crossgraph.compiler.benchmark import machine, pin_threads, results_stem
+from crossgraph.compiler.benchmark import machine, pin_threads
 from crossgraph.compiler.qat import fake_quant
 from crossgraph.compiler.quantization import SCHEMES, accuracy, quantize, text_batches
 from crossgraph.compiler.training import TrainStep, make_train_step
 from crossgraph.graphs import FunctionalModel, Graph, capture, flatten_tree
 from crossgraph.models import gpt2, llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import write_results  # noqa: E402  (the script beside this one)
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2
@@ -234,12 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             results["qat"] = {"model": name, "rows": qat_comparison(step, trained, state, batches,
                                                                    plan.finetune_steps)}
     results["total_s"] = time.perf_counter() - start
-    out = args.out / "quick" if args.quick else args.out
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"quant-accuracy-{results_stem(results['machine'])}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results) + "\n")
-    print(markdown(results))
+    text = markdown(results)
+    stem = write_results(args.out / "quick" if args.quick else args.out, "quant-accuracy", results, text)
+    print(text)
     print(f"total {results['total_s']:.0f} s; wrote {stem}.json and .md")
     return 0
 

@@ -14,7 +14,6 @@ model's bytes. Ratios: peer dynamic / ours dynamic, ours float / each of ours qu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,13 +23,16 @@ import numpy as np
 import torch
 
 from crossgraph.compiler import onnx_rt
-from crossgraph.compiler.benchmark import Runs, machine, pin_threads, results_stem
+from crossgraph.compiler.benchmark import Runs, machine, pin_threads
 from crossgraph.compiler.benchmark.timing import measure
 from crossgraph.compiler.quantization import quantize, text_batches
 from crossgraph.graphs import capture
 from crossgraph.graphs.functional import FunctionalModule
 from crossgraph.models import gpt2
 from crossgraph.passes import PassManager, expand
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from render import write_results  # noqa: E402  (the script beside this one)
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2
@@ -128,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 8):
             print(f"batch {batch} ...", flush=True)
             results["batches"][str(batch)] = run_batch(model, config, batch, runs, Path(tmp))
-    out = (args.out / "quick" if args.quick else args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"quant-{results_stem(results['machine'])}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(results) + "\n")
-    print(markdown(results))
+    text = markdown(results)
+    stem = write_results(args.out / "quick" if args.quick else args.out, "quant", results, text)
+    print(text)
     print(f"wrote {stem}.json and .md")
     return 0
 

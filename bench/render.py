@@ -1,19 +1,32 @@
 """Re-render a results file's Markdown table and PNG chart, and put them in the README's performance section.
 
     python bench/render.py bench/results/<machine>-<date>.json [--readme README.md]
+
+`write_results` is how the other bench scripts (quantization.py, quant_accuracy.py) store their results.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from crossgraph.compiler import benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def write_results(out: Path, prefix: str, results: dict[str, Any], text: str) -> Path:
+    """`results` as out/<prefix>-<machine>-<date>.json and `text` (its Markdown) beside it as .md; the stem."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{prefix}-{benchmark.results_stem(results['machine'])}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(text + "\n")
+    return stem
 
 
 def update_readme(readme: Path, results_path: Path, command: str) -> None:

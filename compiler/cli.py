@@ -9,7 +9,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -162,12 +162,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PARITY
 
 
-def _check(args: argparse.Namespace) -> int:
+def _checked_model(args: argparse.Namespace) -> tuple[TolerancePolicy, Any, tuple[torch.Tensor, ...]]:
+    """What check and quantize start from: the tolerance policy, then, with --examples valid and torch seeded,
+    the factory's model and example inputs."""
     policy = _policy(args)
     if args.examples < 1:
         raise InputError(f"--examples must be at least 1, got {args.examples}")
     torch.manual_seed(args.seed)
     model, inputs = spec_loader.load(args.spec)
+    return policy, model, inputs
+
+
+def _check(args: argparse.Namespace) -> int:
+    policy, model, inputs = _checked_model(args)
     report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes,
                    dynamic_shapes=auto_dynamic_shapes(inputs) if args.dynamic else None,
                    examples=args.examples, seed=args.seed, bisect=args.bisect_passes)
@@ -237,11 +244,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     """Exit 0 when every target matches the quantized graph and its outputs are finite, 1 otherwise."""
-    policy = _policy(args)
-    if args.examples < 1:
-        raise InputError(f"--examples must be at least 1, got {args.examples}")
-    torch.manual_seed(args.seed)
-    model, inputs = spec_loader.load(args.spec)
+    policy, model, inputs = _checked_model(args)
     report = check_quantized(model, inputs, args.scheme, args.targets, policy=policy, spec=args.spec,
                              examples=args.examples, seed=args.seed, observer=args.observer,
                              group_size=args.group_size, symmetric=args.symmetric)
