@@ -7,7 +7,8 @@ from crossgraph.graphs.errors import CaptureError, CrossgraphError, InputError, 
 from crossgraph.graphs.functional import FunctionalModel, ParamTree, flatten_tree, map_tree, unflatten_tree
 from crossgraph.graphs.graph import Graph
 from crossgraph.graphs.provenance import Provenance
+from crossgraph.graphs.sharding import Mesh, Sharding, UnevenShardError
 
-__all__ = ["Annotation", "CaptureError", "CrossgraphError", "FunctionalModel", "Graph", "InputError",
-           "ParamTree", "Provenance", "UnsupportedOpError", "capture", "flatten_tree", "map_tree",
-           "unflatten_tree"]
+__all__ = ["Annotation", "CaptureError", "CrossgraphError", "FunctionalModel", "Graph", "InputError", "Mesh",
+           "ParamTree", "Provenance", "Sharding", "UnevenShardError", "UnsupportedOpError", "capture",
+           "flatten_tree", "map_tree", "unflatten_tree"]
