@@ -24,7 +24,9 @@ from crossgraph.compiler.pipeline import Pipelines, passes_for
 from crossgraph.compiler.quantization import SCHEMES, check_quantized
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
-from crossgraph.graphs import InputError, capture
+from crossgraph.graphs import InputError, Mesh, Sharding, capture
+from crossgraph.passes.shard_plans import PLANS, parse_override
+from crossgraph.passes.sharding import shard, weight_shardings
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
 _PASSES_HELP = ("comma-separated pass or pipeline names run before every target (default: each target's own "
@@ -119,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", dest="json_path", metavar="PATH", help="write the report here")
     q.add_argument("--out", metavar="DIR", help="also write each target's quantized model file here")
     _tolerance_options(q)
+    sh = sub.add_parser("shard", help="annotate a model with a sharding plan; print the plan, the collectives "
+                        "it implies and the memory per device")
+    sh.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
+    sh.add_argument("--plan", required=True, help=f"one of {', '.join(PLANS)}")
+    sh.add_argument("--mesh", required=True, help="named mesh axes and sizes, e.g. data=2,model=4")
+    sh.add_argument("--override", action="append", default=[], metavar="PATTERN=SPEC",
+                    help="split parameters matching PATTERN (fnmatch) as SPEC, one entry per dimension: a mesh "
+                         "axis, None, or axes joined by + (e.g. 'h.*.mlp.c_fc.weight=model,None'); repeatable")
+    sh.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
+    sh.add_argument("--json", dest="json_path", metavar="PATH", help="write the plan and report here")
     ps = sub.add_parser("passes", help="list every pass with its one-line description, one per line")
     ps.add_argument("--pipelines", action="store_true",
                     help="list the named pipelines instead, with the targets that run them by default")
@@ -262,6 +274,35 @@ def _quantize(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _shard(args: argparse.Namespace) -> int:
+    """Print each weight's split, the implied collectives and the memory per device; exit 0 (2 for bad input,
+    an uneven split included)."""
+    mesh = Mesh.parse(args.mesh)
+    overrides = dict(parse_override(o) for o in args.override)
+    if args.plan not in PLANS:
+        raise InputError(f"unknown sharding plan {args.plan!r}; known: {', '.join(PLANS)}")
+    torch.manual_seed(args.seed)
+    model, inputs = spec_loader.load(args.spec)
+    graph, report = shard(capture(model, inputs), args.plan, mesh, overrides)
+    weights = weight_shardings(graph)
+    print(f"crossgraph shard {args.spec} --plan {args.plan} --mesh {mesh}")
+    width = max(len(n) for n in weights)
+    for name, sharding in weights.items():
+        shape = list(graph.parameters()[name].shape)
+        print(f"  {name:<{width}}  {str(shape):<14} {_spec_text(sharding)}")
+    print(report.format())
+    if args.json_path:
+        data = {"spec": args.spec, "plan": args.plan, **report.to_json(),
+                "weights": {n: {"shape": list(graph.parameters()[n].shape), "spec": _spec_text(s),
+                                "source": s.source} for n, s in weights.items()}}
+        Path(args.json_path).write_text(json.dumps(data, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _spec_text(sharding: Sharding) -> str:
+    return str(sharding).split(" on ")[0]
+
+
 def _passes(args: argparse.Namespace) -> int:
     """The contract's listing, `name  description` per line, so scripts can read it; pipelines on request."""
     if not args.pipelines:
@@ -311,7 +352,7 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"check": _check, "export": _export, "bench": _bench, "reduce": _reduce, "fuzz": _fuzz,
-             "quantize": _quantize, "passes": _passes}
+             "quantize": _quantize, "shard": _shard, "passes": _passes}
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
 """Typed node annotations kept in `node.meta`, and their JSON form so they survive save/load.
 
 Each annotation class has a `kind`; `node.meta["crossgraph"]` maps kind -> object. On save the objects are
-written into `node.meta["custom"]["crossgraph"]`, which torch.export's serializer keeps.
+written into `node.meta["custom"]["crossgraph"]`, which torch.export's serializer keeps for computing nodes; it
+keeps no meta of placeholders or of the getitems of multi-output ops (torch 2.13), so their annotations (weight
+and input shardings, a layer norm's output sharding) are written into the graph module's `meta["custom"]`, which
+it keeps, by node name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Any, ClassVar, TypeVar
 
 import torch.fx
 
 META_KEY = "crossgraph"
+UNKEPT_KEY = "crossgraph.unkept"  # in the graph module's custom meta: {node name: {kind: json}}
 _KINDS: dict[str, type["Annotation"]] = {}
 
 A = TypeVar("A", bound="Annotation")
@@ -47,17 +52,27 @@ def put(node: torch.fx.Node, annotation: Annotation) -> None:
 
 
 def encode(graph: torch.fx.Graph) -> None:
-    """Copy every node's annotations into its `custom` meta (JSON), ready for torch.export.save."""
+    """Copy every node's annotations into JSON custom meta, ready for torch.export.save: a computing node's own,
+    those of placeholders and getitems the owning module's."""
+    held = {}
     for node in graph.nodes:
         anns = node.meta.get(META_KEY)
         if anns:
-            node.meta.setdefault("custom", {})[META_KEY] = {k: a.to_json() for k, a in anns.items()}
+            node.meta.setdefault("custom", {})[META_KEY] = held[node.name] = {k: a.to_json() for k, a in anns.items()}
+    unkept = {node.name: held[node.name] for node in graph.nodes if node.name in held
+              and (node.op == "placeholder" or node.target is operator.getitem)}
+    custom = graph.owning_module.meta.setdefault("custom", {})
+    if unkept:
+        custom[UNKEPT_KEY] = unkept
+    else:
+        custom.pop(UNKEPT_KEY, None)
 
 
 def decode(graph: torch.fx.Graph) -> None:
-    """Rebuild typed annotations from `custom` meta after torch.export.load; unknown kinds are an error."""
+    """Rebuild typed annotations from custom meta after torch.export.load; unknown kinds are an error."""
+    unkept = graph.owning_module.meta.get("custom", {}).get(UNKEPT_KEY, {})
     for node in graph.nodes:
-        stored = node.meta.get("custom", {}).get(META_KEY)
+        stored = {**node.meta.get("custom", {}).get(META_KEY, {}), **unkept.get(node.name, {})}
         if not stored:
             continue
         unknown = sorted(set(stored) - set(_KINDS))

@@ -36,6 +36,11 @@ class GPT2Config:
         return cls(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4)
 
     @classmethod
+    def tiny_parallel(cls) -> "GPT2Config":
+        """Tiny, with sizes (8 heads, vocabulary 128) that split evenly over 2, 4 or 8 devices."""
+        return cls(vocab_size=128, n_positions=64, n_embd=64, n_layer=2, n_head=8)
+
+    @classmethod
     def small(cls) -> "GPT2Config":
         return cls()
 
@@ -131,6 +136,12 @@ def tiny() -> tuple[FunctionalModel, tuple[torch.Tensor]]:
     """SPEC factory: `crossgraph check crossgraph.models.gpt2:tiny`."""
     config = GPT2Config.tiny()
     return model(config), example_inputs(config)
+
+
+def tiny_parallel() -> tuple[FunctionalModel, tuple[torch.Tensor]]:
+    """SPEC factory for sharding: the tiny_parallel config at batch 8 (splits over up to 8 devices)."""
+    config = GPT2Config.tiny_parallel()
+    return model(config), example_inputs(config, batch=8)
 
 
 def small() -> tuple[FunctionalModel, tuple[torch.Tensor]]:

@@ -53,6 +53,12 @@ class LlamaConfig:
                    num_key_value_heads=2, max_position_embeddings=64)
 
     @classmethod
+    def tiny_parallel(cls) -> "LlamaConfig":
+        """Tiny, with sizes (16 query and 8 KV heads, vocabulary 128) that split evenly over 2, 4 or 8 devices."""
+        return cls(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=64)
+
+    @classmethod
     def small(cls) -> "LlamaConfig":
         return cls()
 
@@ -261,6 +267,12 @@ def tiny() -> tuple[FunctionalModel, tuple[torch.Tensor]]:
     """SPEC factory: `crossgraph check crossgraph.models.llama:tiny`."""
     config = LlamaConfig.tiny()
     return model(config), example_inputs(config)
+
+
+def tiny_parallel() -> tuple[FunctionalModel, tuple[torch.Tensor]]:
+    """SPEC factory for sharding: the tiny_parallel config at batch 8 (splits over up to 8 devices)."""
+    config = LlamaConfig.tiny_parallel()
+    return model(config), example_inputs(config, batch=8)
 
 
 def tiny_with_cache() -> tuple[FunctionalModel, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
