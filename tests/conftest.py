@@ -1,7 +1,10 @@
-"""Test settings: hypothesis profiles (`ci` by default, `thorough` on request) and a quiet torch."""
+"""Test settings: hypothesis profiles (`ci` by default, `thorough` on request), a quiet torch, and 8 simulated
+CPU devices for JAX (the sharding tests run meshes of up to 8 devices; set before anything imports jax)."""
 
 import os
 import warnings
+
+os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")
 
 import pytest
 import torch

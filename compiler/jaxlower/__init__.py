@@ -1,7 +1,8 @@
 """The `jax` target: crossgraph's own lowering of core-ATen Graphs to JAX.
 
 One op table (`registry`) filled by family modules (see `registry.FAMILIES`); an interpreter that turns a Graph
-into a pure `fn(params, *inputs)`; an Artifact that runs it under jax.jit and saves it as a `jax.export` module.
+into a pure `fn(params, *inputs)`; an Artifact that runs it under jax.jit and saves it as a `jax.export` module;
+`ShardedJax` (in `sharding`) runs a Graph carrying Sharding annotations over a device mesh.
 Width policy: `jax_enable_x64` stays off, int64 is computed as int32 and float64 is refused (see `dtypes`).
 jax is imported on first use, so `unavailable()` can report its absence.
 """
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
 
 _PUBLIC = {"JaxArtifact": "artifact", "LoadedJax": "artifact", "load": "artifact", "Coverage": "core_aten",
            "coverage": "core_aten", "NeedsX64Error": "dtypes", "JaxFunction": "interpreter",
-           "to_jax_function": "interpreter"}
+           "to_jax_function": "interpreter", "ShardedJax": "sharding", "count_collectives": "sharding",
+           "ensure_devices": "sharding", "jax_mesh": "sharding", "named_sharding": "sharding"}
 
 __all__ = ["lower", "unavailable", *_PUBLIC]
 

@@ -60,8 +60,11 @@ class _Step:
     where: str
 
 
-def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
-    """Translate `graph` into a JaxFunction, refusing up front what JAX cannot run."""
+def to_jax_function(graph: Graph | torch.fx.GraphModule, constraints: dict[str, Any] | None = None) -> JaxFunction:
+    """Translate `graph` into a JaxFunction, refusing up front what JAX cannot run. `constraints` maps node names
+    to jax shardings: each such node's value is passed through `jax.lax.with_sharding_constraint` as soon as it is
+    computed (how a sharding plan reaches XLA's partitioner)."""
+    constraints = constraints or {}
     if isinstance(graph, Graph):
         fx, placeholders, params, outputs, names = _from_graph(graph)
         where_of = lambda node: str(graph.provenance(node) or "")  # noqa: E731
@@ -69,6 +72,9 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
         fx, placeholders, params, outputs, names = _from_module(graph)
         where_of = lambda node: str(from_node_meta(node.meta) or "")  # noqa: E731
     steps = [_plan(node, where_of(node)) for node in fx.nodes if node.op == "call_function"]
+    unknown = sorted(set(constraints) - {step.name for step in steps})
+    if unknown:
+        raise InputError(f"sharding constraints name nodes that are not op calls of the graph: {', '.join(unknown)}")
     for node in fx.nodes:
         _check_widths(node, where_of(node))
     order = [(node.name, node.op, node.target) for node in fx.nodes if node.op in ("placeholder", "get_attr")]
@@ -86,6 +92,8 @@ def to_jax_function(graph: Graph | torch.fx.GraphModule) -> JaxFunction:
                 env[name] = next(feed) if source is None else weights[source]
         for step in steps:
             env[step.name] = _run(step, env)
+            if step.name in constraints:
+                env[step.name] = jax.lax.with_sharding_constraint(env[step.name], constraints[step.name])
         return env
 
     def fn(weights: dict[str, jax.Array], *inputs: jax.Array) -> list[jax.Array]:
