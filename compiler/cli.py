@@ -22,6 +22,8 @@ from crossgraph.compiler.parity import check
 from crossgraph.compiler.pipeline import DEFAULTS as DEFAULT_PIPELINES
 from crossgraph.compiler.pipeline import Pipelines, passes_for
 from crossgraph.compiler.quantization import SCHEMES, check_quantized
+from crossgraph.compiler.sharded_check import ENGINES as SHARDED_ENGINES
+from crossgraph.compiler.sharded_check import check_sharded, plans_for
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import InputError, Mesh, Sharding, capture
@@ -59,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="capture with every input dimension dynamic, so drawn examples vary shapes too")
     c.add_argument("--markdown", dest="markdown_path", metavar="PATH",
                    help="write a Markdown summary (for a pull-request comment) here")
+    c.add_argument("--mesh", default=None, metavar="AXES",
+                   help="run the sharded parity check on this device mesh instead (e.g. data=2,model=4): each "
+                        f"plan on the engines {','.join(SHARDED_ENGINES)} (as --targets), forward and training "
+                        "step, against the unsharded run")
+    c.add_argument("--plan", default=None, help="with --mesh: comma-separated plans (default: every plan the mesh "
+                                                f"allows, from {','.join(PLANS)})")
     c.add_argument("--bisect-passes", action="store_true",
                    help="for a target that fails after its passes, find the first pass after which it fails")
     e = sub.add_parser("export", help="write each target's model file and manifest.json")
@@ -186,6 +194,10 @@ def _checked_model(args: argparse.Namespace) -> tuple[TolerancePolicy, Any, tupl
 
 
 def _check(args: argparse.Namespace) -> int:
+    if args.mesh is not None:
+        return _check_sharded(args)
+    if args.plan is not None:
+        raise InputError("--plan needs --mesh")
     policy, model, inputs = _checked_model(args)
     report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes,
                    dynamic_shapes=auto_dynamic_shapes(inputs) if args.dynamic else None,
@@ -200,6 +212,29 @@ def _check(args: argparse.Namespace) -> int:
         report.write_junit(args.junit_path)
     if args.markdown_path:
         report.write_markdown(args.markdown_path)
+    return report.exit_code
+
+
+def _check_sharded(args: argparse.Namespace) -> int:
+    mesh = Mesh.parse(args.mesh)
+    engines = _names(args.targets, SHARDED_ENGINES)
+    plans = _names(args.plan, plans_for(mesh))
+    if args.passes is not None or args.dynamic or args.bisect_passes or args.examples != 1:
+        raise InputError("--mesh runs each plan's own preparation passes on the example inputs: drop --passes, "
+                         "--dynamic, --bisect-passes and --examples")
+    if "jax" in engines:  # before anything starts JAX's backend
+        os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(mesh.size))
+    policy, model, inputs = _checked_model(args)
+    report = check_sharded(model, inputs, mesh, plans=plans, engines=engines, policy=policy, spec=args.spec)
+    print(f"crossgraph check {args.spec} --mesh {mesh}: plans {', '.join(report.predicted)}, captured and "
+          f"sharded in {report.parity.capture_seconds:.2f}s")
+    print(report.table())
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+    if args.junit_path:
+        report.parity.write_junit(args.junit_path)
+    if args.markdown_path:
+        report.parity.write_markdown(args.markdown_path)
     return report.exit_code
 
 

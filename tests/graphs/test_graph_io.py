@@ -7,7 +7,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from crossgraph.graphs import Annotation, Graph, InputError, Provenance, capture, flatten_tree, unflatten_tree
+from crossgraph.graphs import (Annotation, Graph, InputError, Mesh, Provenance, Sharding, capture, flatten_tree,
+                               unflatten_tree)
 from crossgraph.graphs import annotations
 from crossgraph.models import gpt2, mlp
 
@@ -44,6 +45,20 @@ def test_annotations_survive_save_load(tmp_path: Path) -> None:
     assert annotations.get(node, Note) == Note("keep me")
     assert isinstance(loaded.provenance(node), Provenance)
     assert loaded.provenance(node) == graph.provenance(target)
+
+
+def test_placeholder_annotations_survive_save_load(tmp_path: Path) -> None:
+    """torch.export keeps no placeholder meta; a weight's or an input's annotations travel in the module's."""
+    graph = capture(*mlp.tiny())
+    weight, data = graph.fx.find_nodes(op="placeholder")[0], graph.input_nodes()[0]
+    mesh = Mesh.parse("data=2,model=2")
+    annotations.put(weight, Sharding(mesh, (("model",), ()), source="plan"))
+    annotations.put(data, Note("an input"))
+    graph.save(tmp_path / "g.pt2")
+    loaded = {n.name: n for n in Graph.load(tmp_path / "g.pt2").fx.find_nodes(op="placeholder")}
+    assert annotations.get(loaded[weight.name], Sharding) == Sharding(mesh, (("model",), ()), source="plan")
+    assert annotations.get(loaded[data.name], Note) == Note("an input")
+    assert sum(annotations.get(n, Note) is not None for n in loaded.values()) == 1
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:

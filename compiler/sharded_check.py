@@ -1,0 +1,192 @@
+"""The sharded parity check (`crossgraph check SPEC --mesh ...`): each sharding plan the mesh allows, run on JAX
+GSPMD (simulated CPU devices) and on torch DTensor (gloo processes), against the same graph run unsharded; for
+language models also the training step (loss and every weight's gradient). Beside each plan: the collectives
+propagation predicted and those XLA inserted into the compiled forward pass.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from crossgraph.compiler import dtensor
+from crossgraph.compiler.compare import Comparison, compare_outputs
+from crossgraph.compiler.report import ParityReport, TargetResult
+from crossgraph.compiler.tolerance import TolerancePolicy
+from crossgraph.graphs import CrossgraphError, Graph, InputError, capture
+from crossgraph.graphs.sharding import Mesh
+from crossgraph.passes.shard_plans import PLANS
+from crossgraph.passes.shard_propagation import ShardingReport
+from crossgraph.passes.sharding import shard
+
+ENGINES = ("jax", "dtensor")
+TRAIN_LOSS = "next_token"
+
+
+def plans_for(mesh: Mesh) -> list[str]:
+    """The plans whose mesh axes `mesh` has."""
+    return [name for name, (axes, _, _) in PLANS.items() if set(axes) <= set(mesh.names)]
+
+
+@dataclasses.dataclass
+class ShardedReport:
+    """Per plan and engine a parity verdict (`parity.targets` keyed "engine[plan]", "engine[plan] train"), each
+    plan's propagation report, and the collectives XLA inserted for it."""
+
+    mesh: Mesh
+    parity: ParityReport
+    predicted: dict[str, ShardingReport]
+    xla: dict[str, collections.Counter[str]]
+
+    @property
+    def exit_code(self) -> int:
+        return self.parity.exit_code
+
+    def table(self) -> str:
+        lines = [self.parity.table(), "", f"collectives per forward pass on {self.mesh} (predicted | XLA):"]
+        for plan, report in self.predicted.items():
+            xla = self.xla.get(plan)
+            lines.append(f"  {plan:<5} {_counts(report.counts()):<32} | "
+                         f"{_counts(xla) if xla is not None else 'not compiled'}"
+                         f"   weights/device {report.weight_bytes:,} B of {report.unsharded_weight_bytes:,} B")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.parity.to_json()
+        out["mesh"] = str(self.mesh)
+        out["plans"] = {plan: {**report.to_json(), "xla_collectives": dict(self.xla.get(plan, {}))}
+                        for plan, report in self.predicted.items()}
+        return out
+
+
+def _counts(counts: collections.Counter[str]) -> str:
+    return ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "none"
+
+
+def check_sharded(model: Any, inputs: Sequence[torch.Tensor], mesh: Mesh, *, plans: Sequence[str] | None = None,
+                  engines: Sequence[str] = ENGINES, policy: TolerancePolicy | None = None, train: bool = True,
+                  spec: str = "") -> ShardedReport:
+    """Shard `model` by each of `plans` (default: every plan `mesh` allows) and check each engine's sharded run
+    against the unsharded one. Bad plans, meshes, engines and uneven splits raise InputError before anything
+    runs."""
+    policy = policy or TolerancePolicy()
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise InputError(f"unknown sharded engine(s) {', '.join(unknown)}; known: {', '.join(ENGINES)}")
+    plans = list(plans) if plans else plans_for(mesh)
+    if not plans:
+        raise InputError(f"no sharding plan fits mesh {mesh}: plans use mesh axes named data and model")
+    start = time.perf_counter()
+    graph = capture(model, inputs)
+    sharded = {plan: shard(graph, plan, mesh) for plan in plans}
+    capture_seconds = time.perf_counter() - start
+    prepared = next(iter(sharded.values()))[0]
+    train = train and dtensor.default_loss(prepared) == TRAIN_LOSS
+    reference = dtensor.run_local(prepared, inputs, train=train, loss=TRAIN_LOSS if train else None)
+    check = _Checker(prepared, reference, policy)
+    results: dict[str, TargetResult] = {}
+    xla: dict[str, collections.Counter[str]] = {}
+    if "jax" in engines:
+        _run_jax(sharded, inputs, train, check, results, xla)
+    if "dtensor" in engines:
+        _run_dtensor(sharded, inputs, train, check, results)
+    parity = ParityReport(spec, results, capture_seconds=capture_seconds, policy=policy.describe())
+    return ShardedReport(mesh, parity, {plan: report for plan, (_, report) in sharded.items()}, xla)
+
+
+class _Checker:
+    """Compares a sharded run's outputs, loss and gradients with the unsharded reference run."""
+
+    def __init__(self, graph: Graph, reference: dtensor.RunResult, policy: TolerancePolicy) -> None:
+        self.names, self.reference, self.policy = graph.output_names, reference, policy
+
+    def outputs(self, engine: str, outputs: Sequence[Any], seconds: float) -> TargetResult:
+        refs = [_numpy(t) for t in self.reference.outputs]
+        return _result(compare_outputs(self.names, refs, [_numpy(o) for o in outputs],
+                                       [self.policy.for_output(engine, r.dtype) for r in refs]), seconds)
+
+    def training(self, engine: str, loss: Any, grads: dict[str, Any], seconds: float) -> TargetResult:
+        names = ["loss", *self.reference.grads]
+        refs = [_numpy(self.reference.loss), *(_numpy(g) for g in self.reference.grads.values())]
+        missing = sorted(set(self.reference.grads) - set(grads))
+        if missing:
+            return TargetResult("fail", seconds=seconds, error=f"no gradient for {', '.join(missing)}")
+        cands = [np.asarray(loss, dtype=np.float32), *(_numpy(grads[n]) for n in self.reference.grads)]
+        return _result(compare_outputs(names, refs, cands, [self.policy.for_output(engine, r.dtype) for r in refs]),
+                       seconds)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    return value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _result(verdict: Comparison, seconds: float) -> TargetResult:
+    return TargetResult("pass" if verdict.ok else "fail", verdict.max_abs_err, verdict.max_rel_err, verdict.atol,
+                        verdict.rtol, seconds, verdict.message, worst=verdict.worst,
+                        mean_abs_err=verdict.mean_abs_err, p99_abs_err=verdict.p99_abs_err)
+
+
+def _guarded(results: dict[str, TargetResult], name: str, run: Callable[[], TargetResult]) -> None:
+    """Record `run()`'s verdict under `name`, or its failure as an error (bad input marked so)."""
+    start = time.perf_counter()
+    try:
+        results[name] = run()
+    except CrossgraphError as exc:
+        results[name] = TargetResult("error", seconds=time.perf_counter() - start, error=str(exc),
+                                     bad_input=isinstance(exc, InputError))
+
+
+def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
+             check: _Checker, results: dict[str, TargetResult], xla: dict[str, collections.Counter[str]]) -> None:
+    from crossgraph.compiler import jaxlower
+
+    reason = jaxlower.unavailable()
+    if reason:
+        for plan in sharded:
+            results[f"jax[{plan}]"] = TargetResult("skipped", error=reason)
+        return
+    from crossgraph.compiler.jaxlower.sharding import ShardedJax, ensure_devices
+
+    ensure_devices(next(iter(sharded.values()))[1].mesh.size)
+    for plan, (graph, _) in sharded.items():
+        runner = ShardedJax(graph)
+
+        def forward() -> TargetResult:
+            start = time.perf_counter()
+            outputs = runner.run(inputs)
+            result = check.outputs("jax", outputs, time.perf_counter() - start)
+            xla[plan] = runner.collectives(inputs)
+            return result
+
+        def step() -> TargetResult:
+            start = time.perf_counter()
+            loss, grads = runner.grads(inputs, TRAIN_LOSS)
+            return check.training("jax", loss, grads, time.perf_counter() - start)
+
+        _guarded(results, f"jax[{plan}]", forward)
+        if train:
+            _guarded(results, f"jax[{plan}] train", step)
+
+
+def _run_dtensor(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
+                 check: _Checker, results: dict[str, TargetResult]) -> None:
+    start = time.perf_counter()
+    names = [f"dtensor[{plan}]" for plan in sharded]
+    try:
+        runs = dtensor.run_sharded_many([(graph, inputs) for graph, _ in sharded.values()], train=train,
+                                        loss=TRAIN_LOSS if train else None)
+    except CrossgraphError as exc:
+        for name in names:
+            results[name] = TargetResult("error", seconds=time.perf_counter() - start, error=str(exc),
+                                         bad_input=isinstance(exc, InputError))
+        return
+    seconds = (time.perf_counter() - start) / len(names)
+    for name, run in zip(names, runs):
+        results[name] = check.outputs("dtensor", run.outputs, seconds)
+        if train:
+            results[f"{name} train"] = check.training("dtensor", run.loss, run.grads, seconds)
