@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/crossgraph check crossgraph.models.gpt2:tiny
 	$(VENV)/bin/crossgraph quantize crossgraph.models.gpt2:tiny --scheme dynamic
+	$(VENV)/bin/crossgraph check crossgraph.models.gpt2:tiny_parallel --mesh data=2,model=2
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) --dist loadfile -q

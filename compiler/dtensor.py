@@ -35,6 +35,7 @@ from crossgraph.compiler.dialect_decompositions import DECOMPOSITIONS, dialect_n
 from crossgraph.compiler.launch import launch
 from crossgraph.compiler.training import get_loss
 from crossgraph.graphs import Graph, InputError, Mesh, Sharding, UnsupportedOpError, annotations
+from crossgraph.graphs.sharding import mesh_of
 from crossgraph.passes.program import call_args, placeholders
 
 TARGET = "dtensor"
@@ -99,18 +100,6 @@ def placements(sharding: Sharding, what: str = "value") -> tuple[Placement, ...]
                              "axes major axis first only: list them in mesh order")
     dims = {axis: dim for dim, axes in enumerate(sharding.spec) for axis in axes}
     return tuple(Shard(dims[a]) if a in dims else Partial() if a in sharding.partial else Replicate() for a in names)
-
-
-def mesh_of(graph: Graph) -> Mesh:
-    """The one mesh every Sharding annotation of `graph` is on; none, or several, is an InputError."""
-    meshes = {s.mesh for node in graph.fx.nodes if (s := annotations.get(node, Sharding)) is not None}
-    if not meshes:
-        raise InputError(f"graph {graph.name} carries no Sharding annotations: shard it first "
-                         "(crossgraph.passes.sharding.shard)")
-    if len(meshes) > 1:
-        raise InputError(f"graph {graph.name} has Shardings on {len(meshes)} meshes ({', '.join(map(str, meshes))}); "
-                         "one graph runs on one mesh")
-    return meshes.pop()
 
 
 def check(graph: Graph) -> Mesh:

@@ -12,11 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from crossgraph.graphs import annotations
+
 from crossgraph.graphs.annotations import Annotation
+
+if TYPE_CHECKING:
+    from crossgraph.graphs.graph import Graph
 from crossgraph.graphs.errors import InputError
 
 SOURCES = ("plan", "user", "propagated")
@@ -159,3 +164,17 @@ class Sharding(Annotation):
         dims = ", ".join("None" if not d else d[0] if len(d) == 1 else "(" + ", ".join(d) + ")" for d in self.spec)
         partial = f" partial({', '.join(self.partial)})" if self.partial else ""
         return f"P({dims}){partial} on {self.mesh} [{self.source}]"
+
+
+def mesh_of(graph: "Graph", mesh: Mesh | None = None) -> Mesh:
+    """The one mesh of `graph`'s Sharding annotations (and `mesh`, when given): what an engine runs it on. No
+    mesh at all, or several, is an InputError."""
+    meshes = {s.mesh for node in graph.fx.nodes if (s := annotations.get(node, Sharding)) is not None}
+    meshes |= {mesh} if mesh is not None else set()
+    if not meshes:
+        raise InputError(f"graph {graph.name} carries no Sharding annotations: shard it first "
+                         "(crossgraph.passes.sharding.shard)")
+    if len(meshes) > 1:
+        raise InputError(f"graph {graph.name}: its Shardings (and the mesh given) name several meshes "
+                         f"({'; '.join(sorted(map(str, meshes)))}); one graph runs on one mesh")
+    return meshes.pop()

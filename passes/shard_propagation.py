@@ -26,15 +26,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch.fx import Node
 
-from crossgraph.graphs import Graph, annotations
+from crossgraph.graphs import Graph, InputError, annotations
 from crossgraph.graphs.sharding import Mesh, Sharding
 from crossgraph.passes import program
 
 aten = torch.ops.aten
 Spec = tuple[tuple[str, ...], ...]
-
-KINDS = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all")
-
 
 @dataclasses.dataclass(frozen=True)
 class Collective:
@@ -183,7 +180,7 @@ class _Propagation:
                 shape = _shape(node)
                 if found is not None:
                     if found.mesh != self.mesh:
-                        raise ValueError(f"{node.name} is annotated on mesh {found.mesh}, the plan on {self.mesh}")
+                        raise InputError(f"{node.name} is annotated on mesh {found.mesh}, the plan on {self.mesh}")
                     found.local_shape(shape or (), _label(self.graph, node))
                     self.layouts[node] = found
                     if node not in self.weights:
@@ -241,7 +238,7 @@ def _replicated_like(mesh: Mesh, val: Any) -> Any:
 
 # ---- rules ----------------------------------------------------------------------------------------------------
 _LINEAR_IN = {aten.add.Tensor: "all", aten.sub.Tensor: "all", aten.mul.Tensor: "one", aten.div.Tensor: "first",
-              aten.neg.default: "all", aten.clone.default: "all", aten.alias.default: "all"}
+              aten.neg.default: "all"}
 """Pointwise ops through which a partial sum stays partial: sums of partials, or one partial factor."""
 
 

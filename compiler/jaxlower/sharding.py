@@ -25,7 +25,7 @@ from crossgraph.compiler.jaxlower.artifact import _as_jax, _declared
 from crossgraph.compiler.jaxlower.interpreter import to_jax_function
 from crossgraph.compiler.training import get_loss
 from crossgraph.graphs import Graph, InputError, annotations
-from crossgraph.graphs.sharding import Mesh, Sharding
+from crossgraph.graphs.sharding import Mesh, Sharding, mesh_of
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 # An HLO instruction's opcode, followed by its operand list; the async form counts at its -start, not its -done.
@@ -76,7 +76,7 @@ class ShardedJax:
             raise InputError(f"constrain must be 'plan' or 'all', got {constrain!r}")
         annotated = _annotated(graph)
         self.graph = graph
-        self.mesh = _mesh_of(graph, annotated, mesh)
+        self.mesh = mesh_of(graph, mesh)
         self.jax_mesh = jax_mesh(self.mesh)
         pins = {node.name: named_sharding(s, self.jax_mesh) for node, s in annotated.items()
                 if node.op == "call_function" and isinstance(node.meta.get("val"), torch.Tensor) and not s.partial
@@ -171,15 +171,3 @@ def _annotated(graph: Graph) -> dict[torch.fx.Node, Sharding]:
             sharding.local_shape(val.shape, node.name)
         found[node] = sharding
     return found
-
-
-def _mesh_of(graph: Graph, annotated: dict[torch.fx.Node, Sharding], mesh: Mesh | None) -> Mesh:
-    """The one mesh of the graph's annotations and of `mesh` when given."""
-    meshes = {s.mesh for s in annotated.values()} | ({mesh} if mesh is not None else set())
-    if not meshes:
-        raise InputError(f"graph {graph.name} has no Sharding annotations and no mesh was given: shard it first "
-                         "(crossgraph.passes.sharding.shard) or pass a mesh")
-    if len(meshes) > 1:
-        raise InputError(f"graph {graph.name}: its annotations and the mesh given name several meshes "
-                         f"({'; '.join(sorted(map(str, meshes)))}); one graph runs on one mesh")
-    return meshes.pop()

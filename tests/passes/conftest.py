@@ -1,4 +1,4 @@
-"""Shared fixtures for pass tests: captured tiny GPT-2 graphs (static and dynamic) and a capture helper for
+"""Shared fixtures for pass tests: captured tiny GPT-2 (static and dynamic) and Llama graphs and a capture helper for
 plain functions. Passes never change the graph they are given, so one capture serves a whole session."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crossgraph.graphs import Graph, capture
-from crossgraph.models import gpt2
+from crossgraph.models import gpt2, llama
 
 
 class Fn(torch.nn.Module):
@@ -40,6 +40,12 @@ def capture_fn() -> Callable[..., Graph]:
 @pytest.fixture(scope="session")
 def gpt2_tiny() -> tuple[Graph, tuple[torch.Tensor, ...]]:
     model, inputs = gpt2.tiny()
+    return capture(model, inputs), inputs
+
+
+@pytest.fixture(scope="session")
+def llama_tiny() -> tuple[Graph, tuple[torch.Tensor, ...]]:
+    model, inputs = llama.tiny()
     return capture(model, inputs), inputs
 
 

@@ -54,12 +54,6 @@ def nodes(graph: Graph, op: str) -> list[torch.fx.Node]:
 
 # ---- our models -------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def llama_tiny() -> Captured:
-    model, inputs = llama.tiny()
-    return capture(model, inputs), inputs
-
-
-@pytest.fixture(scope="module")
 def bert_tiny() -> Captured:
     model, inputs = bert.tiny()
     return capture(model, inputs), inputs

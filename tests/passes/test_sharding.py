@@ -6,6 +6,7 @@ import torch
 from crossgraph.graphs import Graph, InputError, Mesh, Sharding, UnevenShardError, annotations, capture
 from crossgraph.models import gpt2, hf, llama
 from crossgraph.passes.shard_plans import parse_override, roles
+from crossgraph.passes.shard_propagation import ShardingReport
 from crossgraph.passes.sharding import shard, weight_shardings
 
 
@@ -143,3 +144,59 @@ def test_shardings_survive_save_and_load(gpt2_graph: Graph, tmp_path) -> None:
     assert {name: after.get(name) for name in before} == before  # (loading adds getitems of unused outputs)
     assert sum(s is not None for s in after.values()) > 50
     assert "[sharding: P(model, data) on data=2,model=2 [plan]]" in loaded.format()
+
+
+# ---- propagation rules on small graphs ---------------------------------------------------------------------------
+def _mlp(module, x):
+    return (x @ module.up_proj.T).relu() @ module.down_proj.T + module.bias
+
+
+@pytest.fixture
+def mlp(capture_fn) -> Graph:
+    return capture_fn(_mlp, torch.randn(8, 16),
+                      weights={"up_proj": torch.randn(32, 16), "down_proj": torch.randn(16, 32),
+                               "bias": torch.randn(8, 16)})
+
+
+def _propagate(graph: Graph, plan: str, mesh: str, **overrides) -> tuple[Graph, ShardingReport]:
+    return shard(graph, plan, Mesh.parse(mesh), overrides, prepare=False)
+
+
+def test_row_parallel_partial_sum_is_all_reduced_once(mlp: Graph) -> None:
+    sharded, report = _propagate(mlp, "tp", "model=2")
+    assert [(c.kind, c.axes) for c in report.collectives] == [("all-reduce", ("model",))]
+    out = sharded.fx.output_node().args[0][0]
+    assert annotations.get(out, Sharding).spec == ((), ())
+
+
+def test_partial_sum_needed_split_is_reduce_scattered(mlp: Graph) -> None:
+    """A bias split along its rows (sequence-parallel style) takes the row-parallel sum as a reduce-scatter."""
+    _, report = _propagate(mlp, "tp", "model=2", bias=("model", None))
+    assert report.counts() == {"reduce-scatter": 1}
+
+
+def test_split_moved_to_another_dimension_is_an_all_to_all(capture_fn) -> None:
+    graph = capture_fn(lambda m, x: m.a + m.b, torch.randn(4), weights={"a": torch.randn(4, 4),
+                                                                      "b": torch.randn(4, 4)})
+    _, report = _propagate(graph, "tp", "model=2", a=("model", None), b=(None, "model"))
+    assert report.counts() == {"all-to-all": 1} and report.collectives[0].tensor.startswith("b")
+
+
+def test_reshape_keeps_an_outer_split_and_gathers_an_inner_one(capture_fn) -> None:
+    def fn(m, x):
+        return x.view(8, 4, 4) * 2, x.view(128)
+    graph = capture_fn(fn, torch.randn(8, 16))
+    sharded, report = _propagate(graph, "dp", "data=2")
+    split, flat = sharded.fx.output_node().args[0]
+    assert annotations.get(split, Sharding).spec == (("data",), (), ())
+    assert annotations.get(flat, Sharding).spec == (("data",),)  # the batch is the outer factor: it stays split
+    graph = capture_fn(lambda m, x: x.transpose(0, 1).reshape(128), torch.randn(8, 16))
+    _, report = _propagate(graph, "dp", "data=2")
+    assert report.counts() == {"all-gather": 1}  # the split dimension is now the inner factor
+
+
+def test_op_without_a_rule_gathers_its_inputs_and_is_named(capture_fn) -> None:
+    graph = capture_fn(lambda m, x: torch.topk(x, 2, dim=1)[0], torch.randn(8, 16))
+    _, report = _propagate(graph, "dp", "data=2")
+    assert report.counts() == {"all-gather": 1}
+    assert report.gathered_ops == ["aten.topk.default"]

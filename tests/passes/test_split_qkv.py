@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from crossgraph.graphs import Graph, capture
-from crossgraph.models import gpt2, hf, llama
+from crossgraph.models import gpt2, hf
 from crossgraph.passes import PassManager
 
 Captured = tuple[Graph, tuple[torch.Tensor, ...]]
@@ -45,12 +45,6 @@ def c_attn_linears(graph: Graph) -> list[torch.fx.Node]:
 def hf_gpt2_tiny() -> Captured:
     torch.manual_seed(0)
     model, inputs = hf.gpt2_tiny()
-    return capture(model, inputs), inputs
-
-
-@pytest.fixture(scope="module")
-def llama_tiny() -> Captured:
-    model, inputs = llama.tiny()
     return capture(model, inputs), inputs
 
 
