@@ -200,11 +200,12 @@ def _execute(graph: Graph, inputs: Sequence[torch.Tensor], device_mesh: DeviceMe
 
 def _place(tensor: torch.Tensor, sharding: Sharding | None, device_mesh: DeviceMesh | None) -> torch.Tensor:
     """`tensor` laid out on `device_mesh` as `sharding` says (replicated without one); itself without a mesh.
-    Every rank holds the whole tensor, so each keeps its own piece: no scatter."""
+    Every rank holds the whole tensor, so each keeps its own piece: no scatter. Detached: a stored weight may
+    carry autograd history (Hugging Face's tied GPT-2 head), which distribute_tensor refuses."""
     if device_mesh is None:
         return tensor
     layout = placements(sharding) if sharding is not None else (Replicate(),) * device_mesh.ndim
-    return distribute_tensor(tensor, device_mesh, layout, src_data_rank=None)
+    return distribute_tensor(tensor.detach(), device_mesh, layout, src_data_rank=None)
 
 
 def _whole(value: Any) -> Any:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import os
+import zipfile
 from typing import Any, Sequence
 
 import torch
@@ -146,7 +148,8 @@ class Graph:
         """Write one .pt2 file: the exported program, annotations in node meta, names in an extra file."""
         annotations.encode(self.fx)
         meta = {"format": FORMAT, "name": self.name, "input_names": self.input_names,
-                "output_names": self.output_names, "constant_kwargs": self.constant_kwargs}
+                "output_names": self.output_names, "constant_kwargs": self.constant_kwargs,
+                "pytree_modules": _pytree_modules(self.exported)}
         torch.export.save(self.exported, path, extra_files={_META_FILE: json.dumps(meta)})
 
     @classmethod
@@ -154,6 +157,7 @@ class Graph:
         """Read a file written by `save`; anything else is an InputError naming the file."""
         if not os.path.isfile(path):
             raise InputError(f"no graph file at {path}")
+        _import_pytree_modules(path)
         extra = {_META_FILE: ""}
         try:
             exported = torch.export.load(path, extra_files=extra)
@@ -166,6 +170,35 @@ class Graph:
         annotations.decode(exported.graph)
         return cls(exported, name=meta["name"], input_names=meta["input_names"],
                    output_names=meta["output_names"], constant_kwargs=meta["constant_kwargs"])
+
+
+def _pytree_modules(exported: ExportedProgram) -> list[str]:
+    """The modules defining the container types of the program's inputs and outputs beyond Python's own (a
+    Hugging Face model's output class): torch.export can only load the program where they are registered."""
+    found, pending = set(), [s for s in (exported.call_spec.in_spec, exported.call_spec.out_spec) if s is not None]
+    while pending:
+        spec = pending.pop()
+        module = getattr(spec.type, "__module__", "builtins")
+        if spec.type is not None and module not in ("builtins", "collections"):
+            found.add(module)
+        pending.extend(spec.children_specs)
+    return sorted(found)
+
+
+def _import_pytree_modules(path: str | os.PathLike[str]) -> None:
+    """Import the modules `save` recorded for the file's container types, before torch.export reads it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"extra/{_META_FILE}")), None)
+            modules = json.loads(archive.read(name)).get("pytree_modules", []) if name else []
+    except (zipfile.BadZipFile, ValueError):
+        return  # not a graph file: torch.export.load says so below
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise InputError(f"{path} holds values of types from {module}, which cannot be imported here "
+                             f"({exc}); install it to load the graph") from exc
 
 
 def _describe(val: Any) -> str:

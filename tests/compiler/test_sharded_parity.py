@@ -9,12 +9,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from crossgraph.compiler import dtensor
 from crossgraph.compiler.cli import main
 from crossgraph.compiler.jaxlower.sharding import ShardedJax
+from crossgraph.compiler.sharded_check import check_sharded
 from crossgraph.graphs import Mesh, capture
-from crossgraph.models import gpt2, llama
+from crossgraph.models import gpt2, hf, llama
 from crossgraph.passes.sharding import shard
 
 SIZES = (2, 4, 8)
@@ -115,3 +117,15 @@ def test_a_wrong_sharded_result_fails_the_check(monkeypatch, tmp_path) -> None:
     assert code == 1
     assert targets["dtensor[dp]"]["status"] == "fail" and "out of tolerance" in targets["dtensor[dp]"]["error"]
     assert targets["dtensor[dp] train"]["status"] == "pass"
+
+
+@pytest.mark.parametrize("factory", [hf.gpt2_tiny, hf.llama_tiny], ids=["hf-gpt2", "hf-llama"])
+def test_hugging_face_models_shard_on_both_engines(factory) -> None:
+    """Hugging Face's GPT-2 (Conv1D weights, a tied head carrying autograd history, a ModelOutput to load in
+    each rank) and Llama, every plan on data=2,model=2, forward and training step."""
+    torch.manual_seed(0)
+    model, inputs = factory()
+    report = check_sharded(model, inputs, Mesh.parse("data=2,model=2"))
+    statuses = {name: result.status for name, result in report.parity.targets.items()}
+    assert set(statuses.values()) == {"pass"} and len(statuses) == 16, report.table()
+    assert report.predicted["tp"].counts() == report.xla["tp"] == {"all-reduce": 5}

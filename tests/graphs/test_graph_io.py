@@ -1,6 +1,8 @@
 """Graph save/load round trips (outputs, names, dynamic dims, annotations) and the printed forms."""
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import given, strategies as st
 from crossgraph.graphs import (Annotation, Graph, InputError, Mesh, Provenance, Sharding, capture, flatten_tree,
                                unflatten_tree)
 from crossgraph.graphs import annotations
-from crossgraph.models import gpt2, mlp
+from crossgraph.models import gpt2, hf, mlp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,19 @@ def test_placeholder_annotations_survive_save_load(tmp_path: Path) -> None:
     assert annotations.get(loaded[weight.name], Sharding) == Sharding(mesh, (("model",), ()), source="plan")
     assert annotations.get(loaded[data.name], Note) == Note("an input")
     assert sum(annotations.get(n, Note) is not None for n in loaded.values()) == 1
+
+
+def test_hugging_face_graph_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    """Its output is a transformers ModelOutput: the loading process must import transformers before
+    torch.export reads the file (the sharded DTensor ranks load graphs this way)."""
+    torch.manual_seed(0)
+    model, inputs = hf.gpt2_tiny()
+    capture(model, inputs).save(tmp_path / "hf.pt2")
+    script = ("import sys; from crossgraph.graphs import Graph; g = Graph.load(sys.argv[1]); "
+              "print(g.output_names, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "hf.pt2")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "['logits'] True"
 
 
 def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
