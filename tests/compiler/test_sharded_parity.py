@@ -119,13 +119,13 @@ def test_a_wrong_sharded_result_fails_the_check(monkeypatch, tmp_path) -> None:
     assert targets["dtensor[dp] train"]["status"] == "pass"
 
 
-@pytest.mark.parametrize("factory", [hf.gpt2_tiny, hf.llama_tiny], ids=["hf-gpt2", "hf-llama"])
-def test_hugging_face_models_shard_on_both_engines(factory) -> None:
-    """Hugging Face's GPT-2 (Conv1D weights, a tied head carrying autograd history, a ModelOutput to load in
-    each rank) and Llama, every plan on data=2,model=2, forward and training step."""
+def test_hugging_face_gpt2_shards_on_both_engines() -> None:
+    """Hugging Face's GPT-2 (Conv1D weights, a tied head carrying autograd history, a ModelOutput each rank must
+    load): tensor parallel and 2d (which holds fsdp's and dp's splits too) on data=2,model=2, forward and training
+    step. (Its Llama is planned like ours: tests/passes/test_sharding.py.)"""
     torch.manual_seed(0)
-    model, inputs = factory()
-    report = check_sharded(model, inputs, Mesh.parse("data=2,model=2"))
+    model, inputs = hf.gpt2_tiny()
+    report = check_sharded(model, inputs, Mesh.parse("data=2,model=2"), plans=["tp", "2d"])
     statuses = {name: result.status for name, result in report.parity.targets.items()}
-    assert set(statuses.values()) == {"pass"} and len(statuses) == 16, report.table()
+    assert set(statuses.values()) == {"pass"} and len(statuses) == 8, report.table()
     assert report.predicted["tp"].counts() == report.xla["tp"] == {"all-reduce": 5}
