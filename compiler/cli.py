@@ -26,7 +26,7 @@ from crossgraph.compiler.sharded_check import ENGINES as SHARDED_ENGINES
 from crossgraph.compiler.sharded_check import check_sharded, plans_for
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
-from crossgraph.graphs import InputError, Mesh, Sharding, capture
+from crossgraph.graphs import InputError, Mesh, capture
 from crossgraph.passes.shard_plans import PLANS, parse_override
 from crossgraph.passes.sharding import shard, weight_shardings
 
@@ -320,22 +320,18 @@ def _shard(args: argparse.Namespace) -> int:
     model, inputs = spec_loader.load(args.spec)
     graph, report = shard(capture(model, inputs), args.plan, mesh, overrides)
     weights = weight_shardings(graph)
+    tensors = {**graph.exported.state_dict, **graph.exported.constants}
     print(f"crossgraph shard {args.spec} --plan {args.plan} --mesh {mesh}")
     width = max(len(n) for n in weights)
     for name, sharding in weights.items():
-        shape = list(graph.parameters()[name].shape)
-        print(f"  {name:<{width}}  {str(shape):<14} {_spec_text(sharding)}")
+        print(f"  {name:<{width}}  {str(list(tensors[name].shape)):<14} {sharding.layout()}")
     print(report.format())
     if args.json_path:
         data = {"spec": args.spec, "plan": args.plan, **report.to_json(),
-                "weights": {n: {"shape": list(graph.parameters()[n].shape), "spec": _spec_text(s),
-                                "source": s.source} for n, s in weights.items()}}
+                "weights": {n: {"shape": list(tensors[n].shape), "spec": s.layout(), "source": s.source}
+                            for n, s in weights.items()}}
         Path(args.json_path).write_text(json.dumps(data, indent=2) + "\n")
     return EXIT_OK
-
-
-def _spec_text(sharding: Sharding) -> str:
-    return str(sharding).split(" on ")[0]
 
 
 def _passes(args: argparse.Namespace) -> int:

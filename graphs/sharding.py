@@ -160,10 +160,13 @@ class Sharding(Annotation):
         """The spec as JAX's PartitionSpec takes it: None, one axis name, or a tuple of names per dimension."""
         return tuple(None if not d else d[0] if len(d) == 1 else d for d in self.spec)
 
-    def __str__(self) -> str:
+    def layout(self) -> str:
+        """The spec as text, `P(data, None, model)`, with ` partial(model)` for partial sums."""
         dims = ", ".join("None" if not d else d[0] if len(d) == 1 else "(" + ", ".join(d) + ")" for d in self.spec)
-        partial = f" partial({', '.join(self.partial)})" if self.partial else ""
-        return f"P({dims}){partial} on {self.mesh} [{self.source}]"
+        return f"P({dims})" + (f" partial({', '.join(self.partial)})" if self.partial else "")
+
+    def __str__(self) -> str:
+        return f"{self.layout()} on {self.mesh} [{self.source}]"
 
 
 def mesh_of(graph: "Graph", mesh: Mesh | None = None) -> Mesh:

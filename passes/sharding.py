@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from crossgraph.graphs import Graph, annotations
-from crossgraph.graphs.sharding import Mesh, Sharding
+from crossgraph.graphs.sharding import Mesh, Sharding, mesh_of
 from crossgraph.passes import program
 from crossgraph.passes.manager import PassManager
 from crossgraph.passes.shard_plans import SpecLike, apply_plan
@@ -30,9 +30,9 @@ def shard(graph: Graph, plan: str, mesh: Mesh, overrides: Mapping[str, SpecLike]
     return out, propagate(out, mesh)
 
 
-def weight_shardings(graph: Graph) -> dict[str, Sharding | None]:
-    """Each stored weight's Sharding by its state name, in the program's order."""
+def weight_shardings(graph: Graph) -> dict[str, Sharding]:
+    """Each stored weight's Sharding by its state name, in the program's order (replicated where none)."""
     specs = graph.exported.graph_signature.input_specs
     weights = program.constant_inputs(graph)
-    return {spec.target: annotations.get(node, Sharding)
+    return {spec.target: annotations.get(node, Sharding) or Sharding.replicated(mesh_of(graph), node.meta["val"].dim())
             for node, spec in zip(program.placeholders(graph), specs) if node in weights}
