@@ -27,7 +27,7 @@ from crossgraph.compiler.sharded_check import check_sharded, plans_for
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import InputError, Mesh, capture
-from crossgraph.passes.shard_plans import PLANS, parse_override
+from crossgraph.passes.shard_plans import PLANS, parse_override, plan_rules
 from crossgraph.passes.sharding import shard, weight_shardings
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
@@ -222,8 +222,6 @@ def _check_sharded(args: argparse.Namespace) -> int:
     if args.passes is not None or args.dynamic or args.bisect_passes or args.examples != 1:
         raise InputError("--mesh runs each plan's own preparation passes on the example inputs: drop --passes, "
                          "--dynamic, --bisect-passes and --examples")
-    if "jax" in engines:  # before anything starts JAX's backend
-        os.environ.setdefault("JAX_NUM_CPU_DEVICES", str(mesh.size))
     policy, model, inputs = _checked_model(args)
     report = check_sharded(model, inputs, mesh, plans=plans, engines=engines, policy=policy, spec=args.spec)
     print(f"crossgraph check {args.spec} --mesh {mesh}: plans {', '.join(report.predicted)}, captured and "
@@ -314,8 +312,7 @@ def _shard(args: argparse.Namespace) -> int:
     an uneven split included)."""
     mesh = Mesh.parse(args.mesh)
     overrides = dict(parse_override(o) for o in args.override)
-    if args.plan not in PLANS:
-        raise InputError(f"unknown sharding plan {args.plan!r}; known: {', '.join(PLANS)}")
+    plan_rules(args.plan)  # an unknown plan fails before the model is built
     torch.manual_seed(args.seed)
     model, inputs = spec_loader.load(args.spec)
     graph, report = shard(capture(model, inputs), args.plan, mesh, overrides)

@@ -9,20 +9,23 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from crossgraph.compiler import dtensor
 from crossgraph.compiler.compare import Comparison, compare_outputs
 from crossgraph.compiler.report import ParityReport, TargetResult
+from crossgraph.compiler.subject import to_numpy
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import CrossgraphError, Graph, InputError, capture
 from crossgraph.graphs.sharding import Mesh
 from crossgraph.passes.shard_plans import PLANS
 from crossgraph.passes.shard_propagation import ShardingReport
 from crossgraph.passes.sharding import shard
+
+if TYPE_CHECKING:
+    from crossgraph.compiler.dtensor import RunResult
 
 ENGINES = ("jax", "dtensor")
 TRAIN_LOSS = "next_token"
@@ -86,6 +89,8 @@ def check_sharded(model: Any, inputs: Sequence[torch.Tensor], mesh: Mesh, *, pla
     sharded = {plan: shard(graph, plan, mesh) for plan in plans}
     capture_seconds = time.perf_counter() - start
     prepared = next(iter(sharded.values()))[0]
+    from crossgraph.compiler import dtensor  # torch.distributed.tensor: imported when a check runs, not by the CLI
+
     train = train and dtensor.default_loss(prepared) == TRAIN_LOSS
     reference = dtensor.run_local(prepared, inputs, train=train, loss=TRAIN_LOSS if train else None)
     check = _Checker(prepared, reference, policy)
@@ -102,7 +107,7 @@ def check_sharded(model: Any, inputs: Sequence[torch.Tensor], mesh: Mesh, *, pla
 class _Checker:
     """Compares a sharded run's outputs, loss and gradients with the unsharded reference run."""
 
-    def __init__(self, graph: Graph, reference: dtensor.RunResult, policy: TolerancePolicy) -> None:
+    def __init__(self, graph: Graph, reference: RunResult, policy: TolerancePolicy) -> None:
         self.names, self.reference, self.policy = graph.output_names, reference, policy
 
     def outputs(self, engine: str, outputs: Sequence[Any], seconds: float) -> TargetResult:
@@ -122,7 +127,8 @@ class _Checker:
 
 
 def _numpy(value: Any) -> np.ndarray:
-    return value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    """A torch run's tensor (as every comparison takes it) or a JAX run's array or float, as numpy."""
+    return to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def _result(verdict: Comparison, seconds: float) -> TargetResult:
@@ -137,8 +143,12 @@ def _guarded(results: dict[str, TargetResult], name: str, run: Callable[[], Targ
     try:
         results[name] = run()
     except CrossgraphError as exc:
-        results[name] = TargetResult("error", seconds=time.perf_counter() - start, error=str(exc),
-                                     bad_input=isinstance(exc, InputError))
+        results[name] = _error(exc, time.perf_counter() - start)
+
+
+def _error(exc: CrossgraphError, seconds: float) -> TargetResult:
+    """A run that raised: an error verdict, marked bad input for an InputError."""
+    return TargetResult("error", seconds=seconds, error=str(exc), bad_input=isinstance(exc, InputError))
 
 
 def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
@@ -175,15 +185,15 @@ def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[
 
 def _run_dtensor(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
                  check: _Checker, results: dict[str, TargetResult]) -> None:
+    from crossgraph.compiler import dtensor
+
     start = time.perf_counter()
     names = [f"dtensor[{plan}]" for plan in sharded]
     try:
         runs = dtensor.run_sharded_many([(graph, inputs) for graph, _ in sharded.values()], train=train,
                                         loss=TRAIN_LOSS if train else None)
     except CrossgraphError as exc:
-        for name in names:
-            results[name] = TargetResult("error", seconds=time.perf_counter() - start, error=str(exc),
-                                         bad_input=isinstance(exc, InputError))
+        results.update(dict.fromkeys(names, _error(exc, time.perf_counter() - start)))
         return
     seconds = (time.perf_counter() - start) / len(names)
     for name, run in zip(names, runs):

@@ -74,6 +74,13 @@ def placeholders(graph: Graph) -> list[Node]:
     return graph.fx.find_nodes(op="placeholder")
 
 
+def state_names(graph: Graph) -> dict[Node, str]:
+    """Each parameter, buffer and lifted-constant placeholder with its name in the program's state
+    ("h.0.attn.c_attn.weight")."""
+    specs = graph.exported.graph_signature.input_specs
+    return {node: spec.target for node, spec in zip(placeholders(graph), specs) if spec.kind in STATE_KINDS}
+
+
 def call_args(graph: Graph, inputs: Sequence[torch.Tensor]) -> list[Any]:
     """The program's placeholders' values in order, for a torch.fx Interpreter over its graph module: the
     state (parameters, buffers, constants) bound from the program, user inputs from `inputs`."""

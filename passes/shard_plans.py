@@ -20,7 +20,6 @@ import re
 from typing import Callable, Mapping, Sequence
 
 import torch
-from torch.export.graph_signature import InputKind
 from torch.fx import Node
 
 from crossgraph.graphs import Graph, InputError, annotations
@@ -52,7 +51,7 @@ class Role:
 def roles(graph: Graph) -> dict[Node, Role]:
     """Each stored weight's role, from how the graph uses it."""
     weights = program.constant_inputs(graph)
-    names = _state_names(graph)
+    names = program.state_names(graph)
     found: dict[Node, Role] = {}
     user_inputs = set(graph.input_nodes())
     for node in graph.fx.nodes:
@@ -72,11 +71,6 @@ def roles(graph: Graph) -> dict[Node, Role]:
     for node in weights:
         found.setdefault(node, Role("other", names[node]))
     return found
-
-
-def _state_names(graph: Graph) -> dict[Node, str]:
-    specs = graph.exported.graph_signature.input_specs
-    return {node: spec.target or node.name for node, spec in zip(program.placeholders(graph), specs)}
 
 
 def _through_transposes(node: object, weights: dict[Node, torch.Tensor]) -> tuple[Node | None, int]:
@@ -136,12 +130,17 @@ PLANS: dict[str, tuple[tuple[str, ...], PlanRule, bool]] = {
 """Plan name -> (mesh axes it needs, the rule for a weight's spec, whether inputs split over `data`)."""
 
 
+def plan_rules(plan: str) -> tuple[tuple[str, ...], PlanRule, bool]:
+    """PLANS[plan]; an unknown name is an InputError listing the known ones."""
+    if plan not in PLANS:
+        raise InputError(f"unknown sharding plan {plan!r}; known: {', '.join(PLANS)}")
+    return PLANS[plan]
+
+
 def apply_plan(graph: Graph, plan: str, mesh: Mesh, overrides: Mapping[str, SpecLike] | None = None) -> Graph:
     """Annotate `graph`'s weights and user inputs (in place) with the Shardings of `plan` on `mesh`, then
     `overrides` (parameter-name pattern -> spec, e.g. {"h.*.mlp.c_fc.weight": ("model", None)})."""
-    if plan not in PLANS:
-        raise InputError(f"unknown sharding plan {plan!r}; known: {', '.join(PLANS)}")
-    needs, rule, split_inputs = PLANS[plan]
+    needs, rule, split_inputs = plan_rules(plan)
     missing = [a for a in needs if a not in mesh.names]
     if missing:
         raise InputError(f"plan {plan} shards over mesh axes {', '.join(needs)}; mesh {mesh} has no "
@@ -159,9 +158,7 @@ def apply_plan(graph: Graph, plan: str, mesh: Mesh, overrides: Mapping[str, Spec
 
 
 def _override(graph: Graph, mesh: Mesh, overrides: Mapping[str, SpecLike]) -> None:
-    specs = graph.exported.graph_signature.input_specs
-    named = [(spec.target or node.name, node) for node, spec in zip(program.placeholders(graph), specs)
-             if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)]
+    named = [(name, node) for node, name in program.state_names(graph).items()]
     for pattern, spec in overrides.items():
         hits = [node for name, node in named if fnmatch.fnmatchcase(name, pattern)]
         if not hits:

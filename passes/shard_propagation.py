@@ -112,6 +112,8 @@ class _Propagation:
         self.gathered: list[str] = []
         self.moves: set[tuple[Node, Spec, tuple[str, ...]]] = set()
         self.weights = program.constant_inputs(graph)
+        self.labels = _labels(graph)
+        self.weight_derived: dict[Node, bool] = {}
         self.batch_axes: set[str] = set()
         self.in_use: dict[Node, Sharding] = {}
 
@@ -121,6 +123,19 @@ class _Propagation:
         if isinstance(found, Sharding):
             return found
         return Sharding.replicated(self.mesh, len(_shape(node) or ()))
+
+    def label(self, node: Node) -> str:
+        return self.labels.get(node, node.name)
+
+    def is_weight(self, node: Node) -> bool:
+        """Whether `node` is computed from stored weights only (parameters, buffers, constants)."""
+        if node not in self.weight_derived:
+            if node.op == "placeholder":
+                self.weight_derived[node] = node in self.weights
+            else:
+                inputs = node.all_input_nodes
+                self.weight_derived[node] = bool(inputs) and all(self.is_weight(i) for i in inputs)
+        return self.weight_derived[node]
 
     def sharding(self, spec: Spec, partial: Sequence[str] = ()) -> Sharding:
         return Sharding(self.mesh, spec, tuple(partial))
@@ -145,7 +160,7 @@ class _Propagation:
                     continue
                 moved["all-to-all" if axis in wanted_axes else "all-gather"].append(axis)
         for kind, axes in moved.items():
-            self.collectives.append(Collective(kind, at.name, _label(self.graph, node), tuple(axes),
+            self.collectives.append(Collective(kind, at.name, self.label(node), tuple(axes),
                                                _nbytes(node.meta["val"])))
         if have.partial and not partial:
             self.layouts[node] = have.with_(partial=(), spec=spec if moved.get("reduce-scatter") else have.spec)
@@ -181,7 +196,7 @@ class _Propagation:
                 if found is not None:
                     if found.mesh != self.mesh:
                         raise InputError(f"{node.name} is annotated on mesh {found.mesh}, the plan on {self.mesh}")
-                    found.local_shape(shape or (), _label(self.graph, node))
+                    found.local_shape(shape or (), self.label(node))
                     self.layouts[node] = found
                     if node not in self.weights:
                         self.batch_axes |= set(found.sharded_axes())
@@ -193,7 +208,7 @@ class _Propagation:
                 self.in_use = {}
                 self.layouts[node] = out
                 if isinstance(out, Sharding):
-                    out.local_shape(_shape(node) or (), _label(self.graph, node))
+                    out.local_shape(_shape(node) or (), self.label(node))
             elif node.op == "output":
                 for value in node.args[0]:
                     if isinstance(value, Node) and _shape(value) is not None and self.layout(value).partial:
@@ -219,15 +234,11 @@ class _Propagation:
         return _replicated_like(self.mesh, val)
 
 
-def _label(graph: Graph, node: Node) -> str:
-    """A node's name for people: the parameter's name for weights, the input's name for inputs."""
-    inputs = graph.input_nodes()
-    if node in inputs:
-        return graph.input_names[inputs.index(node)]
-    for spec in graph.exported.graph_signature.input_specs:
-        if getattr(spec.arg, "name", None) == node.name and spec.target:
-            return f"{spec.target} ({node.name})"
-    return node.name
+def _labels(graph: Graph) -> dict[Node, str]:
+    """Names for people: "state name (placeholder)" for weights, the input's name for user inputs."""
+    labels = {node: f"{name} ({node.name})" for node, name in program.state_names(graph).items()}
+    labels.update(zip(graph.input_nodes(), graph.input_names))
+    return labels
 
 
 def _replicated_like(mesh: Mesh, val: Any) -> Any:
@@ -456,7 +467,7 @@ def _matmul(p: _Propagation, node: Node) -> Sharding:
     a, b = node.args[-2:] if bias is not None else node.args[:2]
     la, lb = p.layout(a), p.layout(b)
     batch = len(la.spec) - 2
-    a_leads = not _is_weight(p, a) or _is_weight(p, b)
+    a_leads = not p.is_weight(a) or p.is_weight(b)
     lead, other = (la, lb) if a_leads else (lb, la)
     lead_k = lead.spec[-1] if a_leads else lead.spec[-2]
     other_k = other.spec[-2] if a_leads else other.spec[-1]
@@ -489,18 +500,6 @@ def _broadcast_spec(spec: Spec, shape: Sequence[int]) -> Spec:
     """The part of an output layout `spec` that an operand of `shape`, broadcast against it, takes."""
     offset = len(spec) - len(shape)
     return tuple(spec[offset + i] if size != 1 else () for i, size in enumerate(shape))
-
-
-def _is_weight(p: _Propagation, node: Node) -> bool:
-    """Whether `node` is computed from stored weights only (parameters, buffers, constants)."""
-    memo = p.__dict__.setdefault("_weights", {})
-    if node not in memo:
-        if node.op == "placeholder":
-            memo[node] = node in program.constant_inputs(p.graph)
-        else:
-            inputs = node.all_input_nodes
-            memo[node] = bool(inputs) and all(_is_weight(p, i) for i in inputs)
-    return memo[node]
 
 
 def _embedding(p: _Propagation, node: Node) -> Sharding:
@@ -570,10 +569,9 @@ def propagate(graph: Graph, mesh: Mesh) -> ShardingReport:
     for node, layout in walk.layouts.items():
         if node.op == "call_function" and isinstance(layout, Sharding):
             annotations.put(node, layout.with_(source="propagated"))
-    weights = program.constant_inputs(graph)
-    weight_bytes = sum(walk.layout(n).local_bytes(n.meta["val"], _label(graph, n)) for n in weights)
+    weight_bytes = sum(walk.layout(n).local_bytes(n.meta["val"], walk.label(n)) for n in walk.weights)
     return ShardingReport(mesh, walk.collectives, walk.gathered, weight_bytes, _peak(graph, walk),
-                          sum(_nbytes(n.meta["val"]) for n in weights))
+                          sum(_nbytes(n.meta["val"]) for n in walk.weights))
 
 
 def _peak(graph: Graph, walk: _Propagation) -> int:
@@ -582,12 +580,11 @@ def _peak(graph: Graph, walk: _Propagation) -> int:
     for node in graph.fx.nodes:
         for arg in node.all_input_nodes:
             last_use[arg] = node
-    weights = program.constant_inputs(graph)
     live: dict[Node, int] = {}
     peak = 0
     for node in graph.fx.nodes:
         layout = walk.layouts.get(node)
-        if node not in weights and isinstance(layout, Sharding):
+        if node not in walk.weights and isinstance(layout, Sharding):
             live[node] = math.prod(layout.local_shape(_shape(node))) * node.meta["val"].element_size()
         peak = max(peak, sum(live.values()))
         for arg in node.all_input_nodes:

@@ -32,7 +32,6 @@ def shard(graph: Graph, plan: str, mesh: Mesh, overrides: Mapping[str, SpecLike]
 
 def weight_shardings(graph: Graph) -> dict[str, Sharding]:
     """Each stored weight's Sharding by its state name, in the program's order (replicated where none)."""
-    specs = graph.exported.graph_signature.input_specs
     weights = program.constant_inputs(graph)
-    return {spec.target: annotations.get(node, Sharding) or Sharding.replicated(mesh_of(graph), node.meta["val"].dim())
-            for node, spec in zip(program.placeholders(graph), specs) if node in weights}
+    return {name: annotations.get(node, Sharding) or Sharding.replicated(mesh_of(graph), node.meta["val"].dim())
+            for node, name in program.state_names(graph).items() if node in weights}

@@ -174,8 +174,7 @@ def _rewrite(graph: Graph, found: _Split, stored: dict[Node, torch.Tensor], name
 def split_qkv(graph: Graph) -> Graph:
     """Split every linear of the module docstring's pattern; drop the fused weights nothing reads any more."""
     stored = program.constant_inputs(graph)
-    names = {node: spec.target for node, spec in zip(program.placeholders(graph),
-                                                      graph.exported.graph_signature.input_specs)}
+    names = program.state_names(graph)
     found = [f for node in list(graph.fx.nodes) if node.op == "call_function" and node.target in LINEARS
              and (f := _find(node, stored)) is not None]
     new_nodes: set[Node] = set()
