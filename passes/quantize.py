@@ -7,7 +7,11 @@
 A linear is an `aten.mm` or `aten.addmm` (what F.linear and `x @ w` are captured as) whose weight operand is a
 parameter, buffer or constant, possibly through transposes and views (a tied LM head reads the embedding table
 transposed); the stored weight is quantized once, here, into persistent buffers (see `program.add_constant`).
-The new node carries a QuantSpec annotation; weights nothing reads any more leave the program. Schemes (graphs/quant.py has the storage and the math):
+The new node carries a QuantSpec annotation; weights nothing reads any more leave the program. The dialect ops
+take x of any rank, so a linear captured between a flatten to [M, K] and an unflatten back to [..., N] reads the
+unflattened x and replaces the unflatten: ONNX Runtime copied many of those Reshapes (98 took 6% of int8 GPT-2's
+time). Schemes (graphs/quant.py has the storage and
+the math):
 
 - `quantize_int8_weight_only`, `quantize_int4_weight_only`: weights in 8 or 4 bits (MatMulNBits layout), per
   output channel or in groups along K, symmetric or not; activations stay float. Embedding tables too
@@ -37,6 +41,8 @@ LINEARS = (aten.mm.default, aten.addmm.default)
 _WEIGHT_VIEWS = frozenset({aten.permute.default, aten.t.default, aten.transpose.int, aten.view.default,
                            aten.reshape.default, aten.clone.default, aten.alias.default, aten._unsafe_view.default})
 """Ops between a stored weight and the matmul that only re-lay it out (evaluated once, on the real tensor)."""
+_FLATTENS = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
+"""The views torch.export puts around an mm to flatten x to [M, K] and its result back to [..., N]."""
 
 
 def _weight_value(node: Node, constants: dict[Node, torch.Tensor]) -> torch.Tensor | None:
@@ -80,21 +86,58 @@ def _rewrite(graph: Graph, replacement: Replacement, only: set[str] | None = Non
             continue
         bias, x = (node.args[0], node.args[1]) if node.target == aten.addmm.default else (None, node.args[0])
         op, stored, trailing, spec = replacement(graph, node, weight.detach())
+        source = _unflattened_x(x)
         with graph.fx.inserting_before(node):
-            quantized = graph.fx.call_function(op, (x, *stored, bias, *trailing))
+            quantized = graph.fx.call_function(op, (x if source is None else source, *stored, bias, *trailing))
         program.carry_provenance(node, quantized)
         annotations.put(quantized, spec)
+        new_nodes.add(quantized)
+        if source is not None:
+            new_nodes |= _read_unflattened(graph, node, quantized)
         node.replace_all_uses_with(quantized)
         program.erase_unused(graph, node)
-        new_nodes.add(quantized)
     return _settle(graph, new_nodes, constants)
+
+
+def _unflattened_x(x: Node) -> Node | None:
+    """The [..., K] value (rank >= 3) that `x` flattens to [M, K], if x is such a flatten; else None."""
+    if not (isinstance(x, Node) and x.target in _FLATTENS and isinstance(x.args[0], Node)):
+        return None
+    source, flat = x.args[0].meta.get("val"), x.meta.get("val")
+    if not (isinstance(source, torch.Tensor) and isinstance(flat, torch.Tensor) and source.dim() >= 3
+            and flat.dim() == 2 and fake.known_equal(source.shape[-1], flat.shape[-1])):
+        return None
+    return x.args[0]
+
+
+def _read_unflattened(graph: Graph, linear: Node, quantized: Node) -> set[Node]:
+    """Point what read `linear`'s [M, N] result at `quantized`'s [..., N] one: a view back to [..., N] is
+    dropped, another view reads it as it is, anything else through one new view to [M, N] (returned)."""
+    lead = tuple(quantized.args[0].meta["val"].shape[:-1])
+    n = linear.meta["val"].shape[-1]
+    flat: Node | None = None
+    for user in list(linear.users):
+        val = user.meta.get("val")
+        if user.target in _FLATTENS and user.args[0] is linear and isinstance(val, torch.Tensor):
+            if fake.known_equal(tuple(val.shape), (*lead, n)):
+                user.replace_all_uses_with(quantized)
+                graph.fx.erase_node(user)
+            else:
+                user.args = (quantized, *user.args[1:])
+            continue
+        if flat is None:
+            with graph.fx.inserting_after(quantized):
+                flat = graph.fx.call_function(aten.view.default, (quantized, [-1, n]))
+        user.replace_input_with(linear, flat)
+    return set() if flat is None else {flat}
 
 
 def _settle(graph: Graph, new_nodes: set[Node], constants: dict[Node, torch.Tensor]) -> Graph:
     """After a rewrite: fake values for the new nodes; the metadata asserts their values prove dropped (the
     verifier re-derives what a changed value reaches, and an assert has no value to re-derive); the weights
-    nothing reads any more removed."""
+    nothing reads any more removed; the output specs pointed at a new node that now is an output."""
     fake.set_vals(graph, new_nodes)
+    program.sync_outputs(graph)
     drop_proven_asserts(graph, list(graph.fx.nodes))
     program.remove_inputs(graph, [n for n in constants if not n.users])
     return graph

@@ -19,19 +19,23 @@ class Runs:
     """How much to time: `warmup` untimed calls each, then rounds of one timed call each until every call has
     `runs` samples and the rounds took `min_seconds` per call, stopping at `max_runs`. Before each timed call
     the harness sleeps `settle` seconds, so the previous runtime's spinning worker threads (ONNX Runtime's,
-    OpenMP's, XLA's) have gone idle and do not steal the CPUs."""
+    OpenMP's, XLA's) have gone idle and do not steal the CPUs, and then makes `lead_in` untimed calls of the same
+    runtime, so each timed call is a steady-state one, as in a process serving one model (ONNX Runtime's worker
+    threads spin for longer than `settle` on some machines: the first call after another session's can be
+    25 ms slower at 2 threads, a fixed cost that hides a 60 ms model's speed)."""
 
     warmup: int = 2
     runs: int = 10
     min_seconds: float = 1.0
     max_runs: int = 200
     settle: float = 0.02
+    lead_in: int = 0
 
     def __post_init__(self) -> None:
         if (self.warmup < 0 or self.runs < 1 or self.max_runs < self.runs or self.min_seconds < 0
-                or self.settle < 0):
+                or self.settle < 0 or self.lead_in < 0):
             raise ValueError(f"invalid run settings {self}: need warmup >= 0, 1 <= runs <= max_runs, "
-                             "min_seconds >= 0, settle >= 0")
+                             "min_seconds >= 0, settle >= 0, lead_in >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +84,8 @@ def measure(calls: Mapping[str, Callable[[], Any]], runs: Runs,
                                       or time.perf_counter() - began < runs.min_seconds * len(calls)):
         for name, call in calls.items():
             time.sleep(runs.settle)
+            for _ in range(runs.lead_in):
+                call()
             start = time.perf_counter()
             call()
             samples[name].append(time.perf_counter() - start)

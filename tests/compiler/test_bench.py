@@ -49,6 +49,14 @@ def test_measure_warms_up_then_times_in_rounds() -> None:
     assert [len(lat.samples) for lat in latencies.values()] == [3, 3]
 
 
+def test_measure_leads_each_timed_call_in_with_untimed_calls_of_the_same_runtime() -> None:
+    order = []
+    latencies = measure({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                        Runs(warmup=1, runs=2, min_seconds=0.0, max_runs=2, settle=0.0, lead_in=2))
+    assert order == ["a", "b"] + ["a", "a", "a", "b", "b", "b"] * 2  # each timed call after two of its own
+    assert [len(lat.samples) for lat in latencies.values()] == [2, 2]
+
+
 def test_measure_runs_at_least_min_seconds_per_call_up_to_max_runs() -> None:
     latency = measure({"sleep": lambda: time.sleep(0.01)}, Runs(warmup=0, runs=2, min_seconds=0.1, settle=0.0,
                                                                   max_runs=100))["sleep"]
@@ -59,7 +67,7 @@ def test_measure_runs_at_least_min_seconds_per_call_up_to_max_runs() -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(runs=0), dict(warmup=-1), dict(runs=5, max_runs=4), dict(min_seconds=-1),
-                                 dict(settle=-0.1)])
+                                 dict(settle=-0.1), dict(lead_in=-1)])
 def test_bad_run_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Runs(**bad)

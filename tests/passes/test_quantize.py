@@ -70,10 +70,29 @@ def test_pass_replaces_every_linear_with_a_stored_weight(prepared: dict, model: 
     nodes = _quantized(out, PASSES[name])
     assert len(nodes) == count and not linears(out)
     assert all(get(n, QuantSpec) is not None for n in nodes)
+    assert all(n.args[0].meta["val"].dim() == 3 for n in nodes)  # the linear's flatten and unflatten are gone
     assert _state_bytes(out) < _state_bytes(graph)  # the float weights the linears read are gone
     reference, got = graph(*inputs)[0], out(*inputs)[0]
     cosine = F.cosine_similarity(got.flatten().double(), reference.flatten().double(), dim=0)
     assert cosine > (0.98 if "int4" in name else 0.999), cosine  # int4: 0.991-0.996 over seeds
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_quantized_linears_read_x_unflattened(dynamic: bool) -> None:
+    """torch.export flattens x to [M, K] around each mm and unflattens the result; the quantized op takes x of any
+    rank, so both views go (ONNX Runtime copied each), with a symbolic batch too."""
+    model, x = TwoLinears().eval(), torch.randn(2, 5, 48)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    graph = capture(model, (x,), dynamic_shapes=shapes)
+    views = {torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default, torch.ops.aten.reshape.default}
+    assert sum(n.target in views for n in graph.fx.nodes) == 4
+    out = quantize_dynamic(graph)
+    assert not [n for n in out.fx.nodes if n.target in views]
+    assert [tuple(n.args[0].meta["val"].shape)[1:] for n in _quantized(out, "dynamic_quant_linear")] == [(5, 48),
+                                                                                                  (5, 40)]
+    for batch in (2, 3) if dynamic else (2,):
+        xb = torch.randn(batch, 5, 48)
+        torch.testing.assert_close(out(xb)[0], model(xb), atol=0.05, rtol=0.05)
 
 
 def test_weight_only_stores_what_the_op_dequantizes() -> None:
