@@ -10,8 +10,7 @@ transposed); the stored weight is quantized once, here, into persistent buffers 
 The new node carries a QuantSpec annotation; weights nothing reads any more leave the program. The dialect ops
 take x of any rank, so a linear captured between a flatten to [M, K] and an unflatten back to [..., N] reads the
 unflattened x and replaces the unflatten: ONNX Runtime copied many of those Reshapes (98 took 6% of int8 GPT-2's
-time). Schemes (graphs/quant.py has the storage and
-the math):
+time). Schemes (graphs/quant.py has the storage and the math):
 
 - `quantize_int8_weight_only`, `quantize_int4_weight_only`: weights in 8 or 4 bits (MatMulNBits layout), per
   output channel or in groups along K, symmetric or not; activations stay float. Embedding tables too
