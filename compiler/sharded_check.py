@@ -108,22 +108,23 @@ class _Checker:
     """Compares a sharded run's outputs, loss and gradients with the unsharded reference run."""
 
     def __init__(self, graph: Graph, reference: RunResult, policy: TolerancePolicy) -> None:
-        self.names, self.reference, self.policy = graph.output_names, reference, policy
+        self.names, self.policy = graph.output_names, policy
+        self.refs = [_numpy(t) for t in reference.outputs]  # as numpy once, for every plan and engine
+        self.grad_names = list(reference.grads)
+        self.train_refs = ([_numpy(reference.loss), *(_numpy(g) for g in reference.grads.values())]
+                           if reference.loss is not None else [])
 
     def outputs(self, engine: str, outputs: Sequence[Any], seconds: float) -> TargetResult:
-        refs = [_numpy(t) for t in self.reference.outputs]
-        return _result(compare_outputs(self.names, refs, [_numpy(o) for o in outputs],
-                                       [self.policy.for_output(engine, r.dtype) for r in refs]), seconds)
+        return _result(compare_outputs(self.names, self.refs, [_numpy(o) for o in outputs],
+                                       [self.policy.for_output(engine, r.dtype) for r in self.refs]), seconds)
 
     def training(self, engine: str, loss: Any, grads: dict[str, Any], seconds: float) -> TargetResult:
-        names = ["loss", *self.reference.grads]
-        refs = [_numpy(self.reference.loss), *(_numpy(g) for g in self.reference.grads.values())]
-        missing = sorted(set(self.reference.grads) - set(grads))
+        missing = sorted(set(self.grad_names) - set(grads))
         if missing:
             return TargetResult("fail", seconds=seconds, error=f"no gradient for {', '.join(missing)}")
-        cands = [np.asarray(loss, dtype=np.float32), *(_numpy(grads[n]) for n in self.reference.grads)]
-        return _result(compare_outputs(names, refs, cands, [self.policy.for_output(engine, r.dtype) for r in refs]),
-                       seconds)
+        cands = [np.asarray(loss, dtype=np.float32), *(_numpy(grads[n]) for n in self.grad_names)]
+        return _result(compare_outputs(["loss", *self.grad_names], self.train_refs, cands,
+                                       [self.policy.for_output(engine, r.dtype) for r in self.train_refs]), seconds)
 
 
 def _numpy(value: Any) -> np.ndarray:

@@ -23,9 +23,9 @@ from torch.fx import Node
 from crossgraph.graphs import Graph
 from crossgraph.passes import fake, program
 from crossgraph.passes.registry import register
+from crossgraph.passes.rewrite import FLATTENS
 
 aten = torch.ops.aten
-_FLATTENS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
 class _Adapter(NamedTuple):
@@ -38,7 +38,7 @@ class _Adapter(NamedTuple):
 
 def _unview(node: Node) -> Node:
     """The input of a view/reshape, or the node itself."""
-    return node.args[0] if node.target in _FLATTENS and isinstance(node.args[0], Node) else node
+    return node.args[0] if node.target in FLATTENS and isinstance(node.args[0], Node) else node
 
 
 def _matmul(node: Node) -> Node | None:

@@ -23,10 +23,9 @@ from torch.fx import Node
 from crossgraph.graphs import Graph
 from crossgraph.passes import fake, program
 from crossgraph.passes.registry import register
-from crossgraph.passes.rewrite import replace_pattern
+from crossgraph.passes.rewrite import FLATTENS, replace_pattern
 
 aten = torch.ops.aten
-_FLATTENS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
 def _gelu_new(x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +40,7 @@ def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
 def _biased_linear(node: Node) -> Node | None:
     """The addmm computing `node` (itself, or a view of it with the same last dim, so the bias still adds along
     it) with a bias vector and unit alpha/beta; None otherwise."""
-    addmm = node.args[0] if node.target in _FLATTENS else node
+    addmm = node.args[0] if node.target in FLATTENS else node
     if not isinstance(addmm, Node) or addmm.target != aten.addmm.default or addmm.kwargs:
         return None
     bias, out = addmm.args[0].meta.get("val"), node.meta.get("val")

@@ -22,9 +22,9 @@ from torch.fx import Node
 from crossgraph.graphs import Graph
 from crossgraph.passes import fake, program
 from crossgraph.passes.registry import register
+from crossgraph.passes.rewrite import FLATTENS
 
 aten = torch.ops.aten
-_FLATTENS = (aten.view.default, aten._unsafe_view.default, aten.reshape.default)
 
 
 def _weight_source(node: Node, constants: dict[Node, torch.Tensor], dim: int) -> bool:
@@ -47,7 +47,7 @@ def _key(node: Node, constants: dict[Node, torch.Tensor]) -> tuple[Node, bool] |
     x, weight = node.args[-2], node.args[-1]
     if not (_weight_source(weight, constants, 2) and (not bias or _weight_source(node.args[0], constants, 1))):
         return None
-    source = x.args[0] if x.target in _FLATTENS else x
+    source = x.args[0] if x.target in FLATTENS else x
     return source, bias
 
 

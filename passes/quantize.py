@@ -33,15 +33,13 @@ from crossgraph.graphs import annotations, quant
 from crossgraph.graphs.quant import QUANT_OPS, QuantSpec
 from crossgraph.passes import fake, program
 from crossgraph.passes.registry import register
-from crossgraph.passes.rewrite import drop_proven_asserts
+from crossgraph.passes.rewrite import FLATTENS, drop_proven_asserts
 
 aten = torch.ops.aten
 LINEARS = (aten.mm.default, aten.addmm.default)
 _WEIGHT_VIEWS = frozenset({aten.permute.default, aten.t.default, aten.transpose.int, aten.view.default,
                            aten.reshape.default, aten.clone.default, aten.alias.default, aten._unsafe_view.default})
 """Ops between a stored weight and the matmul that only re-lay it out (evaluated once, on the real tensor)."""
-_FLATTENS = frozenset({aten.view.default, aten.reshape.default, aten._unsafe_view.default})
-"""The views torch.export puts around an mm to flatten x to [M, K] and its result back to [..., N]."""
 
 
 def _weight_value(node: Node, constants: dict[Node, torch.Tensor]) -> torch.Tensor | None:
@@ -100,7 +98,7 @@ def _rewrite(graph: Graph, replacement: Replacement, only: set[str] | None = Non
 
 def _unflattened_x(x: Node) -> Node | None:
     """The [..., K] value (rank >= 3) that `x` flattens to [M, K], if x is such a flatten; else None."""
-    if not (isinstance(x, Node) and x.target in _FLATTENS and isinstance(x.args[0], Node)):
+    if not (isinstance(x, Node) and x.target in FLATTENS and isinstance(x.args[0], Node)):
         return None
     source, flat = x.args[0].meta.get("val"), x.meta.get("val")
     if not (isinstance(source, torch.Tensor) and isinstance(flat, torch.Tensor) and source.dim() >= 3
@@ -117,7 +115,7 @@ def _read_unflattened(graph: Graph, linear: Node, quantized: Node) -> set[Node]:
     flat: Node | None = None
     for user in list(linear.users):
         val = user.meta.get("val")
-        if user.target in _FLATTENS and user.args[0] is linear and isinstance(val, torch.Tensor):
+        if user.target in FLATTENS and user.args[0] is linear and isinstance(val, torch.Tensor):
             if fake.known_equal(tuple(val.shape), (*lead, n)):
                 user.replace_all_uses_with(quantized)
                 graph.fx.erase_node(user)

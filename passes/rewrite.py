@@ -26,6 +26,9 @@ MatchFilter = Callable[[Any, torch.fx.Graph, torch.fx.Graph], bool]
 """(match, graph, pattern graph) -> keep the match? `match.nodes_map` maps pattern nodes to graph nodes."""
 
 _METADATA_ASSERT = torch.ops.aten._assert_tensor_metadata.default
+FLATTENS = frozenset({torch.ops.aten.view.default, torch.ops.aten._unsafe_view.default,
+                      torch.ops.aten.reshape.default})
+"""The reshapes torch.export writes around an mm: x flattened to [M, K] before it, the result back to [..., N]."""
 
 
 class _AsModule(torch.nn.Module):

@@ -33,6 +33,7 @@ from crossgraph.passes import program
 aten = torch.ops.aten
 Spec = tuple[tuple[str, ...], ...]
 
+
 @dataclasses.dataclass(frozen=True)
 class Collective:
     """One implied collective: its kind, the node that needs it, the value it moves, over which mesh axes, and
@@ -225,7 +226,8 @@ class _Propagation:
             return None
         if not any(_shape(a) is not None for a in node.all_input_nodes):
             return _replicated_like(self.mesh, val)
-        for rule in _RULES.get(node.target, ()):
+        rule = _RULES.get(node.target)
+        if rule is not None:
             return rule(self, node)
         if isinstance(node.target, torch._ops.OpOverload) and torch.Tag.pointwise in node.target.tags:
             return _pointwise(self, node)
@@ -543,22 +545,18 @@ def _attention(p: _Propagation, node: Node) -> Sharding:
     return p.sharding(spec)
 
 
-_RULES: dict[Any, tuple[Callable[[_Propagation, Node], Any], ...]] = {}
-for _op, _rule in [
-        (aten.clone.default, _identity), (aten.alias.default, _identity), (aten._to_copy.default, _identity),
-        (aten.lift_fresh_copy.default, _identity), (aten.detach.default, _identity),
-        (aten.permute.default, _permute), (aten.t.default, _permute), (aten.transpose.int, _permute),
-        (aten.view.default, _reshape), (aten._unsafe_view.default, _reshape), (aten.reshape.default, _reshape),
-        (aten.expand.default, _expand), (aten.unsqueeze.default, _unsqueeze), (aten.squeeze.dims, _squeeze),
-        (aten.squeeze.dim, _squeeze), (aten.squeeze.default, _squeeze),
-        (aten.slice.Tensor, _slice), (aten.select.int, _select),
-        (aten.split_with_sizes.default, _split), (aten.split.Tensor, _split),
-        (aten._softmax.default, _along), (aten._log_softmax.default, _along), (aten.cumsum.default, _along),
-        (aten.cat.default, _cat), (aten.sum.dim_IntList, _reduce), (aten.mean.dim, _reduce),
-        (aten.mm.default, _matmul), (aten.addmm.default, _matmul), (aten.bmm.default, _matmul),
-        (aten.embedding.default, _embedding), (aten.native_layer_norm.default, _layer_norm),
-        (aten.scaled_dot_product_attention.default, _attention), (torch.ops.crossgraph.attention.default, _attention)]:
-    _RULES[_op] = (_rule,)
+_RULES: dict[Any, Callable[[_Propagation, Node], Any]] = {
+    aten.clone.default: _identity, aten.alias.default: _identity, aten._to_copy.default: _identity,
+    aten.lift_fresh_copy.default: _identity, aten.detach.default: _identity, aten.permute.default: _permute,
+    aten.t.default: _permute, aten.transpose.int: _permute, aten.view.default: _reshape,
+    aten._unsafe_view.default: _reshape, aten.reshape.default: _reshape, aten.expand.default: _expand,
+    aten.unsqueeze.default: _unsqueeze, aten.squeeze.dims: _squeeze, aten.squeeze.dim: _squeeze,
+    aten.squeeze.default: _squeeze, aten.slice.Tensor: _slice, aten.select.int: _select,
+    aten.split_with_sizes.default: _split, aten.split.Tensor: _split, aten._softmax.default: _along,
+    aten._log_softmax.default: _along, aten.cumsum.default: _along, aten.cat.default: _cat,
+    aten.sum.dim_IntList: _reduce, aten.mean.dim: _reduce, aten.mm.default: _matmul, aten.addmm.default: _matmul,
+    aten.bmm.default: _matmul, aten.embedding.default: _embedding, aten.native_layer_norm.default: _layer_norm,
+    aten.scaled_dot_product_attention.default: _attention, torch.ops.crossgraph.attention.default: _attention}
 
 
 def propagate(graph: Graph, mesh: Mesh) -> ShardingReport:
@@ -581,13 +579,14 @@ def _peak(graph: Graph, walk: _Propagation) -> int:
         for arg in node.all_input_nodes:
             last_use[arg] = node
     live: dict[Node, int] = {}
-    peak = 0
+    peak = total = 0
     for node in graph.fx.nodes:
         layout = walk.layouts.get(node)
         if node not in walk.weights and isinstance(layout, Sharding):
             live[node] = math.prod(layout.local_shape(_shape(node))) * node.meta["val"].element_size()
-        peak = max(peak, sum(live.values()))
+            total += live[node]
+        peak = max(peak, total)
         for arg in node.all_input_nodes:
             if last_use.get(arg) is node:
-                live.pop(arg, None)
+                total -= live.pop(arg, 0)
     return peak

@@ -36,9 +36,9 @@ from torch.fx import Node
 
 from crossgraph.graphs import Graph
 from crossgraph.passes import fake, program
-from crossgraph.passes.fuse_qkv import _FLATTENS
 from crossgraph.passes.quantize import LINEARS
 from crossgraph.passes.registry import register
+from crossgraph.passes.rewrite import FLATTENS
 
 aten = torch.ops.aten
 _QKV = ("q", "k", "v")
@@ -99,7 +99,7 @@ def _find(linear: Node, stored: dict[Node, torch.Tensor]) -> _Split | None:
     features = linear.meta["val"].shape[1]
     (user,) = linear.users
     view = None
-    if user.target in _FLATTENS:
+    if user.target in FLATTENS:
         if len(user.users) != 1 or not fake.known_equal(user.meta["val"].shape[-1], features):
             return None
         view, (user,) = user, user.users
