@@ -1,12 +1,18 @@
-"""The `crossgraph` command line (contract in DESIGN.md): exit 0 all targets within tolerance, 1 a parity
-failure, 2 bad input (spec, capture, unsupported op)."""
+"""The `crossgraph` command line (contract in DESIGN.md): exit 0 every target that ran is within tolerance
+(with --strict: and none was skipped), 1 a parity failure or a target that crashed, 2 bad input (spec,
+capture, unsupported op, option, output path; a fuzz run in which no program ran on any target), 130 interrupted
+by SIGINT, 143 by SIGTERM (one line, no traceback, no partial file or directory left behind)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +22,7 @@ import torch
 from crossgraph import passes
 from crossgraph.compiler import benchmark
 from crossgraph.compiler import spec as spec_loader
+from crossgraph.compiler.artifact import refuse_nonempty, write_atomically
 from crossgraph.compiler.export import auto_dynamic_shapes, export
 from crossgraph.compiler.lower import LOWERINGS
 from crossgraph.compiler.parity import check
@@ -26,11 +33,13 @@ from crossgraph.compiler.sharded_check import ENGINES as SHARDED_ENGINES
 from crossgraph.compiler.sharded_check import check_sharded, plans_for
 from crossgraph.compiler.targets import TARGETS
 from crossgraph.compiler.tolerance import TolerancePolicy
-from crossgraph.graphs import InputError, Mesh, capture
+from crossgraph.graphs import InputError, Mesh, bounds, capture
+from crossgraph.graphs.capture import input_names
 from crossgraph.passes.shard_plans import PLANS, parse_override, plan_rules
 from crossgraph.passes.sharding import shard, weight_shardings
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT = 0, 1, 2
+EXIT_SIGINT, EXIT_SIGTERM = 128 + signal.SIGINT, 128 + signal.SIGTERM
 _PASSES_HELP = ("comma-separated pass or pipeline names run before every target (default: each target's own "
                 "pipeline; 'none' for no passes); `crossgraph passes` lists them")
 
@@ -50,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--targets", default=None,
                    help=f"comma-separated, from {','.join(TARGETS)} (default: all)")
     c.add_argument("--passes", default=None, help=_PASSES_HELP)
+    _strict_option(c)
     c.add_argument("--json", dest="json_path", metavar="PATH", help="write the JSON report here")
     c.add_argument("--junit", dest="junit_path", metavar="PATH", help="write a JUnit XML report here")
     c.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
@@ -59,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "shapes, dtypes and dynamic ranges (default 1)")
     c.add_argument("--dynamic", action="store_true",
                    help="capture with every input dimension dynamic, so drawn examples vary shapes too")
+    _max_option(c)
     c.add_argument("--markdown", dest="markdown_path", metavar="PATH",
                    help="write a Markdown summary (for a pull-request comment) here")
     c.add_argument("--mesh", default=None, metavar="AXES",
@@ -76,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--passes", default=None, help=_PASSES_HELP)
     e.add_argument("--dynamic", action="store_true",
                    help="let every input dimension vary (torch.export keeps static what the model fixes)")
+    _max_option(e)
+    e.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out whole (without it, a non-empty --out is refused: exit 2)")
+    v = sub.add_parser("verify", help="check an export: every file's size and sha256 against manifest.json, "
+                                      "a load in its own runtime, and a run on the stored reference sample")
+    v.add_argument("directory", metavar="DIR", help="a directory written by `crossgraph export`")
     b = sub.add_parser("bench", help="time a model on each target and on the tools a user would pick instead")
     b.add_argument("spec", metavar="SPEC", help="path/to/file.py:factory or package.module:factory")
     b.add_argument("--targets", default=None, help=f"comma-separated, from {','.join(benchmark.TARGETS)} "
@@ -128,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="seed torch before calling the factory (default 0)")
     q.add_argument("--json", dest="json_path", metavar="PATH", help="write the report here")
     q.add_argument("--out", metavar="DIR", help="also write each target's quantized model file here")
+    q.add_argument("--force", action="store_true", help="replace a non-empty --out whole")
+    _strict_option(q)
     _tolerance_options(q)
     sh = sub.add_parser("shard", help="annotate a model with a sharding plan; print the plan, the collectives "
                         "it implies and the memory per device")
@@ -143,6 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--pipelines", action="store_true",
                     help="list the named pipelines instead, with the targets that run them by default")
     return parser
+
+
+def _max_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max", dest="max_sizes", action="append", default=[], metavar="NAME.DIM=N",
+                        help="with --dynamic: input NAME's dimension DIM takes at most N (e.g. input_ids.1=64; "
+                             "repeatable). Without it a dimension is bounded only by the model itself (a position "
+                             "table's rows) and by torch.export's guards")
+
+
+def _strict_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 unless every requested target ran and passed: a skipped target (e.g. "
+                             "tensorrt without CUDA) fails the check too (default: a skipped target does not)")
 
 
 def _tolerance_options(parser: argparse.ArgumentParser) -> None:
@@ -163,18 +195,44 @@ def _policy(args: argparse.Namespace) -> TolerancePolicy:
         raise InputError(str(exc)) from exc
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so the same unwinding (temporary
+    files and directories removed on the way out) serves both."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    received: list[int] = []
+    previous = _handle_signals(received)
+    try:
+        return _main(argv, received)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM anywhere: one line, no traceback
+        return _interrupted(signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv: Sequence[str] | None, received: list[int]) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0) end here
         return int(exc.code or 0)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch-internal noise
     try:
+        _preflight(args)
         return _COMMANDS[args.command](args)
     except InputError as exc:
         print(f"crossgraph: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as exc:  # a full disk, a file-size limit, a path made unreadable or unwritable during the run
+        if received:
+            return _interrupted(received[0])
+        print(f"crossgraph: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""),
+              file=sys.stderr)
+        return EXIT_INPUT
     except Exception as exc:  # a crossgraph bug: say so in one line, full traceback only on request
+        if received:  # a library turned the interrupt into its own exception
+            return _interrupted(received[0])
         if os.environ.get("CROSSGRAPH_DEBUG"):
             raise
         print(f"crossgraph: internal error: {type(exc).__name__}: {exc} (set CROSSGRAPH_DEBUG=1 for the "
@@ -182,15 +240,105 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_PARITY
 
 
-def _checked_model(args: argparse.Namespace) -> tuple[TolerancePolicy, Any, tuple[torch.Tensor, ...]]:
+def _handle_signals(received: list[int]) -> dict[int, Any]:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> Terminated, raised in the main thread; after the first signal
+    both are ignored, so the unwinding that removes temporary files is not cut short. Returns the handlers
+    to restore (none off the main thread, where Python cannot set handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, frame: Any) -> None:
+        received.append(signum)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, handler)
+    return previous
+
+
+def _interrupted(signum: int) -> int:
+    name = signal.Signals(signum).name
+    print(f"crossgraph: interrupted by {name}; no partial output was left behind", file=sys.stderr)
+    return 128 + int(signum)
+
+
+_FILE_OPTIONS = (("--json", "json_path"), ("--junit", "junit_path"), ("--markdown", "markdown_path"),
+                 ("-o", "output"))
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Options and output paths that cannot work fail here, in seconds, before any model is built: a
+    non-finite --atol/--rtol; a report whose directory is missing, not a directory or not
+    writable, or that names a directory; an --out that is a file, not creatable, or (export, quantize)
+    non-empty without --force."""
+    for option in ("atol", "rtol"):
+        value = getattr(args, option, None)
+        if value is not None and not math.isfinite(value):  # a negative one: the policy says so
+            raise InputError(f"--{option} must be a finite number, got {value}")
+    creates_parents = args.command == "bench"  # bench writes its results (and .md, .png) creating directories
+    for option, attr in _FILE_OPTIONS:
+        if getattr(args, attr, None):
+            _check_file_output(option, Path(getattr(args, attr)), creates_parents)
+    if getattr(args, "out", None):
+        out = Path(os.path.abspath(args.out))
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {args.out} is a file; give a directory")
+        inside = args.command == "bench"  # bench writes into --out; export builds a sibling and renames it
+        _check_writable("--out", out if inside else out.parent, args.out, creates=True)
+        if not inside:
+            refuse_nonempty(out, getattr(args, "force", False))
+
+
+def _check_file_output(option: str, path: Path, creates_parents: bool) -> None:
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a directory; give a file path")
+    _check_writable(option, Path(os.path.abspath(path)).parent, str(path), creates=creates_parents)
+
+
+def _check_writable(option: str, directory: Path, given: str, *, creates: bool) -> None:
+    """InputError unless a file can be created in `directory` (or, with `creates`, in its nearest existing
+    ancestor, which must be a directory): probed with a real temporary file, which permission bits alone
+    do not tell (read-only file systems, root)."""
+    probe = directory
+    while creates and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.exists():
+        raise InputError(f"{option} {given}: directory {directory} does not exist")
+    if not probe.is_dir():
+        raise InputError(f"{option} {given}: {probe} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".crossgraph-probe-", dir=probe)
+    except OSError as exc:
+        raise InputError(f"{option} {given}: cannot write in {probe} ({exc.strerror or exc})") from exc
+    os.close(fd)
+    os.unlink(name)
+
+
+def _checked_model(args: argparse.Namespace) -> tuple[TolerancePolicy, Any, tuple[torch.Tensor, ...],
+                                                      dict[str, Any]]:
     """What check and quantize start from: the tolerance policy, then, with --examples valid and torch seeded,
-    the factory's model and example inputs."""
+    the factory's model, positional and keyword example inputs."""
     policy = _policy(args)
     if args.examples < 1:
         raise InputError(f"--examples must be at least 1, got {args.examples}")
     torch.manual_seed(args.seed)
-    model, inputs = spec_loader.load(args.spec)
-    return policy, model, inputs
+    model, inputs, kwargs = spec_loader.load(args.spec)
+    return policy, model, inputs, kwargs
+
+
+def _dynamic(args: argparse.Namespace, model: Any, inputs: tuple[torch.Tensor, ...], kwargs: dict[str, Any]) -> Any:
+    """`--dynamic`'s shapes for every tensor input, positional then keyword (as capture orders them), capped by
+    `--max`."""
+    caps = bounds.max_sizes(args.max_sizes)
+    if not args.dynamic:
+        if caps:
+            raise InputError("--max bounds dynamic dimensions: add --dynamic")
+        return None
+    return auto_dynamic_shapes((*inputs, *(v for v in kwargs.values() if v is not None)),
+                               input_names(model, len(inputs), kwargs), caps)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -198,10 +346,11 @@ def _check(args: argparse.Namespace) -> int:
         return _check_sharded(args)
     if args.plan is not None:
         raise InputError("--plan needs --mesh")
-    policy, model, inputs = _checked_model(args)
+    policy, model, inputs, kwargs = _checked_model(args)
     report = check(model, inputs, args.targets, policy=policy, spec=args.spec, passes=args.passes,
-                   dynamic_shapes=auto_dynamic_shapes(inputs) if args.dynamic else None,
-                   examples=args.examples, seed=args.seed, bisect=args.bisect_passes)
+                   dynamic_shapes=_dynamic(args, model, inputs, kwargs), examples=args.examples, seed=args.seed,
+                   bisect=args.bisect_passes, kwargs=kwargs)
+    report.strict = args.strict
     print(f"crossgraph check {args.spec}: {len(report.output_names)} output(s), "
           f"captured in {report.capture_seconds:.2f}s" + (f", {args.examples} examples" if args.examples > 1
                                                              else ""))
@@ -219,16 +368,18 @@ def _check_sharded(args: argparse.Namespace) -> int:
     mesh = Mesh.parse(args.mesh)
     engines = _names(args.targets, SHARDED_ENGINES)
     plans = _names(args.plan, plans_for(mesh))
-    if args.passes is not None or args.dynamic or args.bisect_passes or args.examples != 1:
+    if args.passes is not None or args.dynamic or args.max_sizes or args.bisect_passes or args.examples != 1:
         raise InputError("--mesh runs each plan's own preparation passes on the example inputs: drop --passes, "
                          "--dynamic, --bisect-passes and --examples")
-    policy, model, inputs = _checked_model(args)
-    report = check_sharded(model, inputs, mesh, plans=plans, engines=engines, policy=policy, spec=args.spec)
+    policy, model, inputs, kwargs = _checked_model(args)
+    report = check_sharded(model, inputs, mesh, plans=plans, engines=engines, policy=policy, spec=args.spec,
+                           kwargs=kwargs)
+    report.parity.strict = args.strict
     print(f"crossgraph check {args.spec} --mesh {mesh}: plans {', '.join(report.predicted)}, captured and "
           f"sharded in {report.parity.capture_seconds:.2f}s")
     print(report.table())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+        write_atomically(args.json_path, json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     if args.junit_path:
         report.parity.write_junit(args.junit_path)
     if args.markdown_path:
@@ -238,14 +389,33 @@ def _check_sharded(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     targets = [t.strip() for t in args.to.split(",") if t.strip()]
-    model, inputs = spec_loader.load(args.spec)
-    graph = capture(model, inputs, auto_dynamic_shapes(inputs) if args.dynamic else None)
-    manifest = export(graph, targets, args.out, spec=args.spec, passes=args.passes)
+    unknown = [t for t in targets if t not in LOWERINGS]
+    if unknown or not targets:  # before the model is built
+        raise InputError(f"cannot export to {unknown or 'no targets'}; targets: {', '.join(LOWERINGS)}")
+    model, inputs, kwargs = spec_loader.load(args.spec)
+    graph = capture(model, inputs, _dynamic(args, model, inputs, kwargs), kwargs=kwargs)
+    manifest = export(graph, targets, args.out, spec=args.spec, passes=args.passes,
+                      sample=graph.flatten(inputs, kwargs), force=args.force)
     for target, entry in manifest["artifacts"].items():
         print(f"{target:9s} {Path(args.out) / entry['file']}  ({entry['bytes']:,} bytes, sha256 "
               f"{entry['sha256'][:12]})")
+    if "reference_sample" in manifest:
+        print(f"sample    {Path(args.out) / manifest['reference_sample']['file']}  (inputs and eager outputs "
+              "for `crossgraph verify`)")
     print(f"manifest  {Path(args.out) / 'manifest.json'}")
     return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Exit 0 when every file of the export passes, 1 naming the file and check that failed, 2 when DIR is
+    not an export."""
+    from crossgraph.compiler.verify import verify
+
+    report = verify(args.directory)
+    print(report.text())
+    for failed in report.failed:
+        print(f"crossgraph verify: {failed.file}: {failed.check} failed: {failed.detail}", file=sys.stderr)
+    return report.exit_code
 
 
 def _names(value: str | None, default: Sequence[str]) -> tuple[str, ...]:
@@ -268,8 +438,8 @@ def _bench(args: argparse.Namespace) -> int:
                                   threads=threads, quick=args.quick, passes=args.passes)
     settings.runtimes()  # bad names fail before the model is built
     torch.manual_seed(args.seed)
-    model, inputs = spec_loader.load(args.spec)
-    results = benchmark.bench(model, inputs, settings, spec=args.spec)
+    model, inputs, kwargs = spec_loader.load(args.spec)
+    results = benchmark.bench(model, inputs, settings, spec=args.spec, kwargs=kwargs)
     print(benchmark.markdown(results))
     paths = []
     if args.json_path:
@@ -288,20 +458,24 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    """Exit 0 when every target matches the quantized graph and its outputs are finite, 1 otherwise."""
-    policy, model, inputs = _checked_model(args)
+    """Exit 0 when every target that ran (with --strict: every target) matches the quantized graph and its
+    outputs are finite, 1 otherwise."""
+    policy, model, inputs, kwargs = _checked_model(args)
     report = check_quantized(model, inputs, args.scheme, args.targets, policy=policy, spec=args.spec,
                              examples=args.examples, seed=args.seed, observer=args.observer,
-                             group_size=args.group_size, symmetric=args.symmetric)
+                             group_size=args.group_size, symmetric=args.symmetric, kwargs=kwargs)
+    report.parity.strict = args.strict
     print(f"crossgraph quantize {args.spec} --scheme {args.scheme}: {report.quantized_nodes} node(s) quantized "
           f"in {report.quantize_seconds:.2f}s")
     print(report.accuracy.text())
     print(report.parity.table())
+    if report.steps:  # targets re-judged by the quantized-steps rule: which rule passed or failed them
+        print(report.steps_text())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
+        write_atomically(args.json_path, json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
     if args.out:
         manifest = export(report.graph, [t for t in report.parity.targets if t in LOWERINGS], args.out,
-                          spec=args.spec)
+                          spec=args.spec, force=args.force)
         for target, entry in manifest["artifacts"].items():
             print(f"{target:9s} {Path(args.out) / entry['file']}  ({entry['bytes']:,} bytes)")
     return report.exit_code
@@ -314,8 +488,8 @@ def _shard(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in args.override)
     plan_rules(args.plan)  # an unknown plan fails before the model is built
     torch.manual_seed(args.seed)
-    model, inputs = spec_loader.load(args.spec)
-    graph, report = shard(capture(model, inputs), args.plan, mesh, overrides)
+    model, inputs, kwargs = spec_loader.load(args.spec)
+    graph, report = shard(capture(model, inputs, kwargs=kwargs), args.plan, mesh, overrides)
     weights = weight_shardings(graph)
     tensors = {**graph.exported.state_dict, **graph.exported.constants}
     print(f"crossgraph shard {args.spec} --plan {args.plan} --mesh {mesh}")
@@ -327,7 +501,7 @@ def _shard(args: argparse.Namespace) -> int:
         data = {"spec": args.spec, "plan": args.plan, **report.to_json(),
                 "weights": {n: {"shape": list(tensors[n].shape), "spec": s.layout(), "source": s.source}
                             for n, s in weights.items()}}
-        Path(args.json_path).write_text(json.dumps(data, indent=2) + "\n")
+        write_atomically(args.json_path, json.dumps(data, indent=2) + "\n")
     return EXIT_OK
 
 
@@ -353,8 +527,10 @@ def _reduce(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.target not in LOWERINGS:
         raise InputError(f"unknown target '{args.target}' for reduce; known: {', '.join(LOWERINGS)}")
-    model, inputs = spec_loader.load(args.spec)
-    graph = Pipelines(capture(model, inputs)).run(passes_for(args.target, args.passes))[0]
+    model, inputs, kwargs = spec_loader.load(args.spec)
+    captured = capture(model, inputs, kwargs=kwargs)
+    inputs = captured.flatten(inputs, kwargs)
+    graph = Pipelines(captured).run(passes_for(args.target, args.passes))[0]
     try:
         result = reducer.reduce(graph, args.target, inputs, policy, max_steps=args.max_steps)
     except reducer.NothingToReduce as exc:
@@ -371,15 +547,19 @@ def _fuzz(args: argparse.Namespace) -> int:
 
     if args.seconds <= 0:
         raise InputError(f"--seconds must be positive, got {args.seconds}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise InputError(f"--max-examples must be at least 1, got {args.max_examples}")
     report = fuzz.fuzz(args.seconds, targets=_names(args.targets, ()), seed=args.seed,
                        max_examples=args.max_examples)
+    if report.exit_code == EXIT_INPUT:  # nothing ran: say so in one line, with the targets that can run here
+        raise InputError(report.nothing_ran_message(fuzz.runnable_targets()))
     print(report.summary())
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(report.to_json(), indent=2) + "\n")
+        write_atomically(args.json_path, json.dumps(report.to_json(), indent=2) + "\n")
     return report.exit_code
 
 
-_COMMANDS = {"check": _check, "export": _export, "bench": _bench, "reduce": _reduce, "fuzz": _fuzz,
+_COMMANDS = {"check": _check, "export": _export, "verify": _verify, "bench": _bench, "reduce": _reduce, "fuzz": _fuzz,
              "quantize": _quantize, "shard": _shard, "passes": _passes}
 
 

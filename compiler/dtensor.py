@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from crossgraph.compiler.dialect_decompositions import DECOMPOSITIONS, dialect_nodes
 from crossgraph.compiler.launch import launch
 from crossgraph.compiler.training import get_loss
-from crossgraph.graphs import Graph, InputError, Mesh, Sharding, UnsupportedOpError, annotations
+from crossgraph.graphs import Graph, InputError, Mesh, Sharding, UnsupportedOpError, annotations, bounds
 from crossgraph.graphs.sharding import mesh_of
 from crossgraph.passes.program import call_args, placeholders
 
@@ -73,18 +73,33 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {"mean_square": _mean_square, "
 
 
 def default_loss(graph: Graph) -> str:
-    """The loss to train `graph` with: next_token for a language model (integer input [B, T], floating output
-    [B, T, V]), else mean_square."""
+    """The loss to train `graph` with (see `choose_loss`): next_token for logits over the token ids' vocabulary,
+    else mean_square."""
+    return choose_loss(graph)[0]
+
+
+def choose_loss(graph: Graph) -> tuple[str, str]:
+    """The loss that fits `graph`'s outputs, and why, in words: next_token where the first input is token ids
+    [B, T] looked up in an embedding table of V rows and the first output is logits [B, T, V] over that
+    vocabulary; mean_square otherwise (hidden states [B, T, H] of a base model such as LlamaModel, whose H is no
+    vocabulary: cross entropy against token ids would index past it)."""
     inputs = graph.input_nodes()
     outputs = [node for node, spec in zip(graph.fx.output_node().args[0], graph.exported.graph_signature.output_specs)
                if spec.kind == OutputKind.USER_OUTPUT]
     first_in = inputs[0].meta.get("val") if inputs else None
     first_out = getattr(outputs[0], "meta", {}).get("val") if outputs else None
-    if (isinstance(first_in, torch.Tensor) and isinstance(first_out, torch.Tensor) and first_in.ndim == 2
+    if not (isinstance(first_in, torch.Tensor) and isinstance(first_out, torch.Tensor) and first_in.ndim == 2
             and not first_in.is_floating_point() and first_out.ndim == 3 and first_out.is_floating_point()
             and tuple(first_out.shape[:2]) == tuple(first_in.shape)):
-        return "next_token"
-    return "mean_square"
+        return "mean_square", "the outputs are not logits [B, T, V] of token ids [B, T]"
+    name = graph.input_names[0]
+    table = bounds.input_index_bounds(graph).get(name)
+    if table is None:
+        return "mean_square", f"input '{name}' indexes no embedding table, so the output is not over a vocabulary"
+    if first_out.shape[-1] != table.rows:
+        return "mean_square", (f"the output's last dimension {first_out.shape[-1]} is not the vocabulary of "
+                               f"'{name}' ({table.rows} rows of {table.table}): hidden states, not logits")
+    return "next_token", f"logits over the {table.rows}-token vocabulary of '{name}' ({table.table})"
 
 
 # ---- annotations -> placements -------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ Decisions (measured with torch 2.13 on 2 shared, busy AVX-512 cores; times are t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -40,17 +39,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import sympy
 import torch
 import torch._inductor
 
-from crossgraph.compiler.artifact import Artifact, as_tensor
+from crossgraph.compiler.artifact import Artifact, as_tensor, check_manifest_hash
 from crossgraph.compiler.dialect_decompositions import decompose
 from crossgraph.compiler.subject import to_numpy
 from crossgraph.graphs import Graph, InputError
+from crossgraph.graphs.bounds import SIGNATURE_FORMAT as FORMAT
+from crossgraph.graphs.bounds import Signature, signature_of
 from crossgraph.graphs.errors import first_line
 
-FORMAT = "crossgraph.inductor/1"
 SIGNATURE_KEY = "crossgraph.signature"
 _CODE_DIR = "data/aotinductor/model/"
 _BOOKKEEPING = frozenset({"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"})
@@ -114,9 +113,7 @@ class LoadedPackage:
     def __init__(self, path: Path, signature: dict[str, Any]) -> None:
         self.path = path
         self.output_names: list[str] = [str(name) for name in signature["outputs"]]
-        self._ranges = {str(name): (int(low), None if high is None else int(high))
-                        for name, (low, high) in signature["symbols"].items()}
-        self._inputs = [_InputSpec.parse(spec) for spec in signature["inputs"]]
+        self.signature = Signature(signature)
         self._compiled = torch._inductor.aoti_load_package(str(path))
         self.metadata: dict[str, str] = self._compiled.get_metadata()
         self.device = torch.device(self.metadata.get("AOTI_DEVICE_KEY", "cpu"))
@@ -131,108 +128,9 @@ class LoadedPackage:
         return [to_numpy(t) for t in self._compiled.loader.run(flat)]
 
     def check(self, inputs: Sequence[torch.Tensor]) -> None:
-        """InputError unless count, dtypes, ranks and sizes match, each symbol taking one value within its range."""
-        if len(inputs) != len(self._inputs):
-            raise InputError(f"{len(inputs)} inputs given; the package takes {len(self._inputs)} "
-                             f"({', '.join(s.name for s in self._inputs)})")
-        values: dict[str, tuple[int, _InputSpec, torch.Tensor]] = {}
-        for spec, x in zip(self._inputs, inputs):
-            dtype = str(x.dtype).removeprefix("torch.")
-            if dtype != spec.dtype:
-                raise InputError(f"input '{spec.name}' is {dtype}; the package takes {spec.dtype}")
-            if x.dim() != len(spec.sizes):
-                raise spec.mismatch(x, values)
-            for size, got in zip(spec.sizes, x.shape):
-                if isinstance(size, int):
-                    if size != got:
-                        raise spec.mismatch(x, values)
-                elif size.symbol is not None:
-                    value, rest = divmod(got - size.offset, size.scale)
-                    if rest or (size.symbol in values and values[size.symbol][0] != value):
-                        raise spec.mismatch(x, values)
-                    values.setdefault(size.symbol, (value, spec, x))
-        for symbol, (value, spec, x) in values.items():
-            low, high = self._ranges.get(symbol, (0, None))
-            if value < low or (high is not None and value > high):
-                raise InputError(f"input '{spec.name}' has shape {tuple(x.shape)}, so {symbol} = {value}; the "
-                                 f"package takes {spec.describe()} with {symbol} in "
-                                 f"[{low}, {'inf' if high is None else high}]")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Size:
-    """A symbolic size: `text` as torch printed it; scale * symbol + offset when it has that form (else unchecked)."""
-
-    text: str
-    symbol: str | None = None
-    scale: int = 1
-    offset: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class _InputSpec:
-    """One input of the signature: its name, dtype and sizes."""
-
-    name: str
-    dtype: str
-    sizes: list[int | _Size]
-
-    @classmethod
-    def parse(cls, spec: dict[str, Any]) -> _InputSpec:
-        sizes: list[int | _Size] = []
-        for size in spec["shape"]:
-            if isinstance(size, int):
-                sizes.append(size)
-            elif "symbol" in size:
-                sizes.append(_Size(str(size["text"]), str(size["symbol"]), int(size["scale"]), int(size["offset"])))
-            else:
-                sizes.append(_Size(str(size["text"])))
-        if any(isinstance(s, _Size) and s.scale <= 0 for s in sizes):
-            raise ValueError(f"input '{spec['name']}' has a size scale below 1")
-        return cls(str(spec["name"]), str(spec["dtype"]), sizes)
-
-    def describe(self) -> str:
-        return "[" + ", ".join(s.text if isinstance(s, _Size) else str(s) for s in self.sizes) + "]"
-
-    def mismatch(self, x: torch.Tensor, values: dict[str, tuple[int, _InputSpec, torch.Tensor]]) -> InputError:
-        known = ", ".join(f"{symbol} = {v[0]}" for symbol, v in values.items())
-        return InputError(f"input '{self.name}' has shape {tuple(x.shape)}; the package takes {self.describe()}"
-                          + (f" where {known}" if known else ""))
-
-
-def signature_of(graph: Graph) -> dict[str, Any]:
-    """Input names, dtypes and sizes (ints, or symbolic sizes with their linear form), symbol ranges, output names."""
-    ranges = graph.exported.range_constraints
-    symbols: dict[str, list[int | None]] = {}
-    inputs = []
-    for name, node in zip(graph.input_names, graph.input_nodes()):
-        val = node.meta["val"]
-        shape: list[int | dict[str, Any]] = []
-        for size in val.shape:
-            expr = size.node.expr if isinstance(size, torch.SymInt) else sympy.Integer(size)
-            if expr.is_number:
-                shape.append(int(expr))
-                continue
-            shape.append({"text": str(expr), **_linear_form(expr)})
-            for sym in expr.free_symbols:
-                vr = ranges.get(sym)
-                upper = vr.upper if vr is not None else None
-                symbols[str(sym)] = [int(vr.lower) if vr is not None else 0,
-                                     int(upper) if isinstance(upper, sympy.Integer) else None]
-        inputs.append({"name": name, "dtype": str(val.dtype).removeprefix("torch."), "shape": shape})
-    return {"format": FORMAT, "inputs": inputs, "symbols": symbols, "outputs": list(graph.output_names)}
-
-
-def _linear_form(expr: sympy.Expr) -> dict[str, Any]:
-    """{symbol, scale, offset} when expr is scale * symbol + offset with integers, scale > 0; else {}."""
-    if len(expr.free_symbols) != 1:
-        return {}
-    (sym,) = expr.free_symbols
-    poly = sympy.Poly(expr, sym)
-    coeffs = poly.all_coeffs()
-    if poly.degree() != 1 or not all(c.is_Integer for c in coeffs) or coeffs[0] <= 0:
-        return {}
-    return {"symbol": str(sym), "scale": int(coeffs[0]), "offset": int(coeffs[1])}
+        """InputError unless count, dtypes, ranks and sizes match, each symbol taking one value within its range
+        (graphs.bounds.Signature: the ranges are the graph's, bounded where the model bounds them)."""
+        self.signature.check(inputs, "the package")
 
 
 def load(path: str | os.PathLike[str]) -> LoadedPackage:
@@ -241,6 +139,7 @@ def load(path: str | os.PathLike[str]) -> LoadedPackage:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"no Inductor package at {path}")
+    check_manifest_hash(path)  # inside an export: the file its manifest.json describes, or an InputError
     signature = _read_signature(path)
     package_log = logging.getLogger("torch._inductor.package.package")
     level = package_log.level

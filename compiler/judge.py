@@ -1,6 +1,8 @@
 """Judge one run of a target: its outputs against the reference under the tolerance policy.
 
-Each output's tolerance comes from its dtype, the target and the op family of the node that produced it.
+Each output's tolerance comes from its dtype, the target and the op family of the node that produced it. A float32
+output with a float64 run beside it (compiler.oracle) is judged against that run (compare's "float64-oracle"
+rule, with the tolerance as its floor), unless the user set that output's tolerance themselves.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ def output_ops(graph: Graph) -> list[object]:
 
 
 def judge(target: str, graph: Graph, reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray],
-          policy: TolerancePolicy) -> Comparison:
-    """Compare `outputs` of `target` running `graph` with `reference`, output by output."""
+          policy: TolerancePolicy, oracle: Sequence[np.ndarray | None] | None = None) -> Comparison:
+    """Compare `outputs` of `target` running `graph` with `reference`, output by output; `oracle` holds the
+    float64 run's outputs (None where an output has none)."""
     names = graph.output_names if len(graph.output_names) == len(reference) else [
         str(i) for i in range(len(reference))]
     ops = output_ops(graph)
     if len(ops) != len(reference):
         ops = [None] * len(reference)
     tols = [policy.for_output(target, r.dtype, op=op) for r, op in zip(reference, ops)]
-    return compare_outputs(names, reference, outputs, tols)
+    if oracle is not None and len(oracle) == len(reference):
+        oracle = [o if o is not None and policy.oracle_applies(target, r.dtype, op=op) else None
+                  for o, r, op in zip(oracle, reference, ops)]
+    return compare_outputs(names, reference, outputs, tols, oracle)

@@ -54,6 +54,7 @@ from onnxscript import opset18 as op
 from onnxscript.onnx_types import TensorType
 from onnxscript.values import Op, Opset
 
+from crossgraph.compiler.onnx_aten import ATEN_TRANSLATIONS
 from crossgraph.compiler.onnx_quant import QUANT_TRANSLATIONS
 from crossgraph.graphs.dialect import OPS
 
@@ -336,5 +337,6 @@ TRANSLATIONS: dict[Any, Callable[..., Any]] = {
     OPS["rms_norm"]: rms_norm,
     OPS["rotary_embedding"]: rotary_embedding,
     **QUANT_TRANSLATIONS,
+    **ATEN_TRANSLATIONS,
 }
-"""torch.onnx's custom_translation_table for the dialect: one entry per op."""
+"""torch.onnx's custom_translation_table: one entry per dialect op, and the ATen ops of onnx_aten."""

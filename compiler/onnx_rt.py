@@ -4,6 +4,7 @@ file with the weights embedded and the Graph's dynamic dimensions as symbolic di
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -13,9 +14,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from crossgraph.compiler.artifact import Artifact
+from crossgraph.compiler.artifact import Artifact, check_manifest_hash
 from crossgraph.compiler.subject import to_numpy
-from crossgraph.graphs import Graph, InputError, UnsupportedOpError
+from crossgraph.graphs import Graph, InputError, UnsupportedOpError, bounds
 from crossgraph.graphs.errors import first_line
 
 try:
@@ -60,9 +61,9 @@ def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
     """
     with quiet_exporter():
         try:
+            # outputs are named here, not by the exporter: see name_outputs
             program = torch.onnx.export(graph.exported, (), dynamo=True, input_names=graph.input_names,
-                                        output_names=graph.output_names, opset_version=opset, verbose=False,
-                                        custom_translation_table=TRANSLATIONS)
+                                        opset_version=opset, verbose=False, custom_translation_table=TRANSLATIONS)
         except Exception as exc:  # the exporter wraps every failure; an untranslatable op is told apart here
             unsupported = _unsupported_op(graph, exc)
             if unsupported is not None:
@@ -75,6 +76,7 @@ def export(graph: Graph, *, opset: int | None = None) -> onnx.ModelProto:
     if weight_bytes > MAX_EMBEDDED_BYTES:
         raise InputError(f"graph '{graph.name}' has {weight_bytes / 2**30:.2f} GiB of weights, over the 2 GiB a "
                          "self-contained ONNX file can hold; external-data ONNX files are not supported yet")
+    name_outputs(program.model, graph.output_names)
     model = program.model_proto
     model.graph.name = graph.name
     return model
@@ -90,11 +92,14 @@ class OnnxSession:
                                             providers=choose_providers(providers))
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.signature = _signature(model)
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
             raise InputError(f"the ONNX model takes {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
                              f"got {len(inputs)}")
+        if self.signature is not None:  # a size past a dim's bound fails deep inside ONNX Runtime, or not at all
+            self.signature.check(inputs, "the ONNX model", dtypes=False)
         try:
             return self.session.run(self.output_names, dict(zip(self.input_names, inputs)))
         except InvalidArgument as exc:
@@ -116,6 +121,7 @@ class OnnxArtifact(Artifact):
     def __init__(self, graph: Graph, model: onnx.ModelProto, providers: Sequence[str] | None = None,
                  threads: int | None = None) -> None:
         super().__init__(graph)
+        set_signature(model, graph)
         self.runtime = OnnxSession(model, providers, threads)
 
     @property
@@ -143,6 +149,7 @@ def load(path: str | os.PathLike[str], providers: Sequence[str] | None = None) -
         raise InputError(f"cannot load {path}: {_MISSING}")
     if not os.path.isfile(path):
         raise InputError(f"no ONNX model at {path}")
+    check_manifest_hash(path)  # inside an export: the file its manifest.json describes, or an InputError
     chosen = choose_providers(providers)
     try:
         model = onnx.load(os.fspath(path))
@@ -150,6 +157,27 @@ def load(path: str | os.PathLike[str], providers: Sequence[str] | None = None) -
         return OnnxSession(model, chosen)
     except Exception as exc:  # protobuf, the checker and onnxruntime each raise their own types for a bad file
         raise InputError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {first_line(exc)})") from exc
+
+
+SIGNATURE_KEY = "crossgraph.signature"
+"""metadata_props key of the Graph's input signature (graphs.bounds.signature_of, as JSON): names, sizes, ranges."""
+
+
+def set_signature(model: onnx.ModelProto, graph: Graph) -> None:
+    """Record the graph's input signature in the model's metadata, so a loaded model checks shapes too."""
+    for prop in list(model.metadata_props):
+        if prop.key == SIGNATURE_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=SIGNATURE_KEY, value=json.dumps(bounds.signature_of(graph)))
+
+
+def _signature(model: onnx.ModelProto) -> bounds.Signature | None:
+    """The recorded input signature, None for a model without one (or one this version cannot read)."""
+    text = next((p.value for p in model.metadata_props if p.key == SIGNATURE_KEY), None)
+    try:
+        return None if text is None else bounds.Signature(json.loads(text))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -170,6 +198,59 @@ def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
         raise InputError(f"ONNX Runtime here cannot use {', '.join(missing) or 'an empty provider list'}; "
                          f"available: {', '.join(available)}")
     return list(requested)
+
+
+def name_outputs(model: Any, names: Sequence[str]) -> None:
+    """Name the graph outputs of `model` (an onnx_ir Model) `names`, in place, keeping every name defined once.
+
+    The exporter's own renaming sets each output value's name, which breaks when the value cannot take it: an
+    initializer (a constant-folded output) whose new name another initializer holds, one value returned twice
+    (its second name overwrites its first: "Duplicate definition"), a graph input, or a name an inner value
+    already holds (values are named after fx nodes, and folding or deduplication can leave the output that
+    names a node pointing at another node's value). Here inner values holding a wanted name are renamed
+    first, and an output value that cannot be renamed (graph input, initializer, returned twice) is returned
+    through an Identity node that defines the name. Probe graphs (compiler.probe) meet all of these."""
+    import onnx_ir as ir
+    from onnx_ir import traversal
+    graph = model.graph
+    if len(names) != len(graph.outputs):
+        raise ValueError(f"{len(names)} output names for {len(graph.outputs)} ONNX outputs")
+    if len(set(names)) != len(names):
+        raise ValueError(f"output names are not unique: {list(names)}")
+    values: dict[int, Any] = {}
+    for v in (*graph.inputs, *graph.initializers.values()):
+        values[id(v)] = v
+    for node in traversal.RecursiveGraphIterator(graph):
+        for v in node.outputs:
+            values[id(v)] = v
+    used = {v.name for v in values.values() if v.name}
+    seen: set[int] = set()
+    direct: dict[int, str] = {}  # value -> the output name it takes itself
+    for value, name in zip(graph.outputs, names):
+        if id(value) not in seen and not value.is_graph_input() and not value.is_initializer() \
+                and value.producer() is not None and value.producer().graph is graph:
+            direct[id(value)] = name
+        seen.add(id(value))
+    wanted = set(names)
+
+    def fresh(base: str) -> str:
+        k = 1
+        while f"{base}__{k}" in used or f"{base}__{k}" in wanted:
+            k += 1
+        used.add(f"{base}__{k}")
+        return f"{base}__{k}"
+
+    for v in values.values():  # free every wanted name held by a value that is not to take it
+        if v.name in wanted and direct.get(id(v)) != v.name and not v.is_graph_input():
+            v.name = fresh(v.name)
+    outputs = list(graph.outputs)
+    for i, (value, name) in enumerate(zip(outputs, names)):
+        if direct.get(id(value)) == name:
+            value.name = name
+            continue
+        out = ir.Value(name=name, type=value.type, shape=value.shape)
+        graph.append(ir.Node("", "Identity", [value], outputs=[out]))
+        graph.outputs[i] = out
 
 
 def _unsupported_op(graph: Graph, exc: BaseException) -> UnsupportedOpError | None:

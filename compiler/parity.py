@@ -20,7 +20,7 @@ from crossgraph.compiler.judge import judge
 from crossgraph.compiler.pass_bisect import bisect_passes
 from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.compiler.report import CaseResult, ParityReport, TargetResult
-from crossgraph.compiler.subject import Subject
+from crossgraph.compiler.subject import Subject, to_numpy
 from crossgraph.compiler.targets import Target, resolve
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
@@ -28,21 +28,29 @@ from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One set of inputs and the model's own outputs on them."""
+    """One set of inputs, the model's own outputs on them, and (where it ran) the float64 oracle's outputs
+    (None for a leaf without one; see compiler.oracle)."""
 
     inputs: tuple[torch.Tensor, ...]
     reference: list[np.ndarray]
+    oracle: list[np.ndarray | None] | None = None
+    oracle_note: str | None = None
 
 
 def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor],
           targets: Sequence[str] | str | None = ("eager", "flax"), *, policy: TolerancePolicy | None = None,
           graph: Graph | None = None, dynamic_shapes: Any = None, spec: str = "",
           passes: Passes = None, examples: int = 1, seed: int = 0, localize: bool = True,
-          bisect: bool = False) -> ParityReport:
-    """Capture `model` (unless `graph` is given), run each target's passes (its default pipeline unless `passes`
+          bisect: bool = False, oracle: bool = True,
+          kwargs: dict[str, torch.Tensor | None] | None = None) -> ParityReport:
+    """Capture `model` called as `model(*example_inputs, **kwargs)` (unless `graph` is given; None values in
+    `kwargs` mean "not passed"), run each target's passes (its default pipeline unless `passes`
     says otherwise, see compiler.pipeline), and compare every output with the model run eagerly as written, on
     `examples` input sets (the example inputs, then `examples - 1` drawn with `seed`). A failing lowered target
-    gets its first divergent node (`localize`) and, with `bisect`, the first pass that breaks it. Bad input
+    gets its first divergent node (`localize`) and, with `bisect`, the first pass that breaks it. With `oracle`,
+    float32 outputs are also run in float64 and judged against that run (compiler.compare's "float64-oracle"
+    rule); without it, or where the model runs in float64 neither as written nor as captured, by the tolerance
+    policy alone (the report's `oracle` says which, and why). Bad input
     (targets, pass names, capture, examples < 1) raises InputError; a target that fails in its passes, its
     lowering or its run is reported as `error`, never raised."""
     if examples < 1:
@@ -52,15 +60,25 @@ def check(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
     policy = policy or TolerancePolicy()
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     start = time.perf_counter()
-    graph = graph or capture(model, inputs, dynamic_shapes)
+    graph = graph or capture(model, inputs, dynamic_shapes, kwargs=kwargs)
     capture_seconds = time.perf_counter() - start
+    inputs = graph.flatten(inputs, kwargs)
     subject = Subject(model, graph, inputs)
-    cases = [_example(subject, i, x) for i, x in enumerate(_inputs(graph, inputs, examples, seed))]
+    cases = [_example(subject, i, x, oracle) for i, x in enumerate(_inputs(graph, inputs, examples, seed))]
     pipelines = Pipelines(graph)
     results = {t.name: _run_target(t, subject, cases, policy, pipelines, pass_lists[t.name], localize, bisect)
                for t in chosen}
     return ParityReport(spec=spec or graph.name, targets=results, capture_seconds=capture_seconds,
-                        output_names=graph.output_names, policy=policy.describe(), seed=seed)
+                        output_names=graph.output_names, policy=_described(policy, oracle), seed=seed,
+                        oracle_note=next((c.oracle_note for c in cases if c.oracle_note), None))
+
+
+def _described(policy: TolerancePolicy, oracle: bool) -> dict[str, Any]:
+    """The policy as reports show it, with the float64 oracle's constants when it judges."""
+    from crossgraph.compiler.compare import ORACLE_BLOCK, ORACLE_MULTIPLE
+    out = policy.describe()
+    out["oracle"] = {"multiple": ORACLE_MULTIPLE, "block": ORACLE_BLOCK} if oracle else None
+    return out
 
 
 def _inputs(graph: Graph, example: tuple[torch.Tensor, ...], n: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
@@ -71,11 +89,12 @@ def _inputs(graph: Graph, example: tuple[torch.Tensor, ...], n: int, seed: int) 
     return [example, *strategies.draw(strategies.inputs(graph, example), n - 1, seed=seed)]
 
 
-def _example(subject: Subject, index: int, inputs: tuple[torch.Tensor, ...]) -> Example:
-    """An input set with the model's outputs on it; a model that raises on drawn inputs is bad input (its
-    captured shapes promised more than the model takes), said with the shapes."""
+def _example(subject: Subject, index: int, inputs: tuple[torch.Tensor, ...], oracle: bool) -> Example:
+    """An input set with the model's outputs on it (and the float64 oracle's, with `oracle`); a model that
+    raises on drawn inputs is bad input (its captured shapes promised more than the model takes), said with
+    the shapes."""
     try:
-        return Example(inputs, subject.reference(inputs))
+        reference = subject.reference(inputs)
     except Exception as exc:
         if index == 0:
             raise
@@ -83,6 +102,10 @@ def _example(subject: Subject, index: int, inputs: tuple[torch.Tensor, ...]) -> 
         raise InputError(f"the model raised on drawn example {index} (input shapes {shapes}): "
                          f"{type(exc).__name__}: {exc}; the graph's dynamic ranges allow these shapes, so "
                          "narrow them (torch.export.Dim min/max) or check without --dynamic") from exc
+    if not oracle:
+        return Example(inputs, reference)
+    run = subject.oracle(inputs, reference)
+    return Example(inputs, reference, [None if o is None else to_numpy(o) for o in run.outputs], run.note)
 
 
 def _error(exc: Exception) -> tuple[str, bool]:
@@ -125,10 +148,12 @@ def _run_case(index: int, target: Target, subject: Subject, runner: Any, case: E
         return CaseResult(example=index, status="error", seconds=time.perf_counter() - start,
                           error=_error(exc)[0])
     seconds = time.perf_counter() - start
-    v = judge(target.name, subject.graph, case.reference, outputs, policy)
+    v = judge(target.name, subject.graph, case.reference, outputs, policy, case.oracle)
     return CaseResult(example=index, status="pass" if v.ok else "fail", max_abs_err=v.max_abs_err,
                       max_rel_err=v.max_rel_err, mean_abs_err=v.mean_abs_err, p99_abs_err=v.p99_abs_err,
-                      worst=v.worst, atol=v.atol, rtol=v.rtol, seconds=seconds, error=v.message)
+                      worst=v.worst, atol=v.atol, rtol=v.rtol, seconds=seconds, error=v.message,
+                      oracle_abs_err=v.oracle_abs_err, reference_oracle_abs_err=v.reference_oracle_abs_err,
+                      rules=v.rules)
 
 
 def _summarize(cases: list[CaseResult], prepare_seconds: float) -> TargetResult:
@@ -150,7 +175,8 @@ def _summarize(cases: list[CaseResult], prepare_seconds: float) -> TargetResult:
                         atol=shown.atol, rtol=shown.rtol,
                         seconds=prepare_seconds + sum(c.seconds for c in cases),
                         error=f"{label}{shown.error}" if shown.error else None,
-                        cases=cases if len(cases) > 1 else [])
+                        cases=cases if len(cases) > 1 else [], oracle_abs_err=worst("oracle_abs_err"),
+                        reference_oracle_abs_err=worst("reference_oracle_abs_err"), rules=shown.rules)
 
 
 def _localize(target: Target, graph: Graph, inputs: tuple[torch.Tensor, ...],

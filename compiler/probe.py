@@ -3,11 +3,12 @@ what the target computed at those nodes (how `localize` reads ONNX Runtime, Indu
 
 from __future__ import annotations
 
-from typing import Iterable
+import operator
+from typing import Any, Iterable, Sequence
 
 import torch
 import torch.utils._pytree as pytree
-from torch.export.graph_signature import OutputKind, OutputSpec, TensorArgument
+from torch.export.graph_signature import InputKind, OutputKind, OutputSpec, TensorArgument
 
 from crossgraph.graphs import Graph
 from crossgraph.passes.program import copy_graph
@@ -39,3 +40,63 @@ def with_outputs(graph: Graph, nodes: Iterable[torch.fx.Node]) -> Graph:
 def user_outputs(graph: Graph) -> list[str]:
     """Names of the nodes behind the graph's user outputs, in the order an artifact returns them."""
     return [s.arg.name for s in graph.exported.graph_signature.output_specs if s.kind == OutputKind.USER_OUTPUT]
+
+
+def isolated(graph: Graph, nodes: Sequence[torch.fx.Node], values: dict[str, Any]) -> tuple[Graph, list[torch.Tensor]]:
+    """A graph that computes each of `nodes` (nodes of `graph`, in order) alone, from `values` (the reference
+    values by node name) of its inputs, and returns them in that order; with the inputs it takes. How `localize`
+    reads a target whose probe graphs cannot be built or run: each op is judged on exactly eager's inputs.
+
+    A tensor input of a node becomes an input of the new graph (fed its reference value), a parameter, buffer or
+    constant of `graph` stays one (an initializer in ONNX, a constant to Inductor), a non-tensor input (a size,
+    a scalar) is baked in. A getitem of a multi-output op computes the op too. The new graph is captured again
+    (graphs.capture), so an op that torch.export cannot re-trace makes this raise."""
+    from crossgraph.graphs import capture
+
+    state = {s.arg.name: s.kind for s in graph.exported.graph_signature.input_specs
+             if s.kind != InputKind.USER_INPUT and hasattr(s.arg, "name")}
+    root = torch.nn.Module()
+    new = torch.fx.Graph()
+    env: dict[str, Any] = {}
+    feed: list[torch.Tensor] = []
+    computed: dict[str, torch.fx.Node] = {}
+
+    def source(node: torch.fx.Node) -> Any:
+        if node.name in env:
+            return env[node.name]
+        value = values[node.name]
+        if isinstance(value, torch.Tensor) and node.name in state:
+            attr = f"c_{len(env)}"
+            root.register_buffer(attr, value.detach().clone())
+            env[node.name] = new.get_attr(attr)
+        elif isinstance(value, torch.Tensor):
+            env[node.name] = new.placeholder(f"in_{len(feed)}")
+            feed.append(value.detach().clone())
+        elif isinstance(value, (tuple, list)) and node.op == "call_function":
+            env[node.name] = compute(node)
+        else:
+            env[node.name] = value
+        return env[node.name]
+
+    def compute(node: torch.fx.Node) -> torch.fx.Node:
+        if node.name not in computed:
+            args, kwargs = torch.fx.map_arg((node.args, node.kwargs), source)
+            computed[node.name] = new.call_function(node.target, args, kwargs)
+        return computed[node.name]
+
+    outputs = []
+    for node in nodes:
+        if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+            outputs.append(new.call_function(operator.getitem, (compute(node.args[0]), *node.args[1:])))
+        else:
+            outputs.append(compute(node))
+    # every placeholder before every other node, as torch.fx expects
+    first = next((n for n in new.nodes if n.op != "placeholder"), None)
+    for p in [n for n in new.nodes if n.op == "placeholder"]:
+        if first is not None:
+            first.prepend(p)
+    new.output(tuple(outputs))
+    new.lint()
+    module = torch.fx.GraphModule(root, new)
+    isolated_graph = capture(module, tuple(feed), name=f"{graph.name}_isolated")
+    return isolated_graph, feed

@@ -6,6 +6,12 @@ folded to plain constants), so the quantization pass sees each linear once with 
 scheme's pass; then dead code (the float weights it replaced). Targets then run their own pipelines on the
 quantized graph as on any other (their structural passes find nothing left to do).
 
+Verdict: each target is checked against the quantized graph run eagerly under the float tolerance policy; a
+target whose outputs fail it is then judged by the "quantized-steps" rule (compiler.quant_verdict): an activation
+next to a rounding tie of a quantized op may land one step apart on a target whose float ops differ from torch's
+by an ulp, and that step is carried to every later layer. The rule counts those steps at each quantized node and
+compares both sides' accuracy against the float graph; the target's result then says which rule judged it.
+
 Accuracy: cosine similarity and errors of the quantized graph's outputs against the float graph's, over the
 example inputs and drawn ones; for a language model (one int64 [B, T] input, logits [B, T, V] first), also the
 perplexity of both on `data/perplexity.txt`, byte-level tokens (byte value mod V). The models here have random
@@ -25,6 +31,7 @@ import numpy as np
 import torch
 
 from crossgraph.compiler.parity import check
+from crossgraph.compiler.quant_verdict import RULE as STEPS_RULE, StepVerdict, activation_nodes, quantized_steps
 from crossgraph.compiler.report import ParityReport
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import FunctionalModel, Graph, InputError, capture
@@ -205,8 +212,8 @@ class _GraphModel:
     def __init__(self, graph: Graph) -> None:
         self.graph = graph
 
-    def __call__(self, *inputs: torch.Tensor, **constant_kwargs: Any) -> list[torch.Tensor]:
-        return self.graph(*inputs)
+    def __call__(self, *inputs: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
+        return self.graph(*self.graph.flatten(inputs, kwargs))
 
 
 @dataclasses.dataclass
@@ -219,6 +226,19 @@ class QuantReport:
     quantize_seconds: float
     accuracy: Accuracy
     parity: ParityReport
+    steps: dict[str, StepVerdict] = dataclasses.field(default_factory=dict)
+    """The "quantized-steps" verdict of each target that failed the float tolerance and was judged again by it."""
+
+    @property
+    def rules(self) -> dict[str, str]:
+        """The rule that judged each target that ran: "quantized-steps" for those re-judged, else the float
+        tolerance rule ("tolerance")."""
+        return {name: STEPS_RULE if name in self.steps else "tolerance" for name, r in self.parity.targets.items()
+                if r.status not in ("skipped", "error")}
+
+    def steps_text(self) -> str:
+        """One line per re-judged target: which rule judged it and its message ("" when none was)."""
+        return "\n".join(f"{name}: judged by {v.rule}: {v.message}" for name, v in self.steps.items())
 
     @property
     def exit_code(self) -> int:
@@ -228,20 +248,22 @@ class QuantReport:
     def to_json(self) -> dict[str, Any]:
         return {"scheme": self.scheme, "quantized_nodes": self.quantized_nodes,
                 "quantize_seconds": self.quantize_seconds, "accuracy": self.accuracy.to_json(),
-                **self.parity.to_json()}
+                **self.parity.to_json(), "rules": self.rules,
+                "steps": {name: v.to_json() for name, v in self.steps.items()}}
 
 
 def check_quantized(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor],
                     name: str, targets: Sequence[str] | str = ("onnx", "jax", "inductor"), *,
                     policy: TolerancePolicy | None = None, spec: str = "", examples: int = 1, seed: int = 0,
                     calibration: Iterable[Sequence[torch.Tensor]] | None = None, progress: bool = True,
-                    **options: Any) -> QuantReport:
+                    kwargs: dict[str, torch.Tensor | None] | None = None, **options: Any) -> QuantReport:
     """Capture `model`, quantize it with scheme `name`, report its accuracy against the float graph on the
     example inputs (and `examples - 1` drawn ones), and check each target against the quantized graph run
     eagerly. Static int8 calibrates on `calibration`, or, when None, on the text set for a language model and
-    on the example inputs otherwise."""
-    inputs = tuple(example_inputs)
-    graph = capture(model, inputs)
+    on the example inputs otherwise. `kwargs` are the model's keyword inputs (the graph then takes every input
+    positionally: see Graph.keyword_inputs)."""
+    graph = capture(model, tuple(example_inputs), kwargs=kwargs)
+    inputs = graph.flatten(tuple(example_inputs), kwargs)
     if scheme(name).calibrated and calibration is None:
         vocab = _language_model(graph, inputs)
         calibration = text_batches(vocab, *inputs[0].shape) if vocab else [inputs]
@@ -252,12 +274,59 @@ def check_quantized(model: torch.nn.Module | FunctionalModel, example_inputs: Se
     if scheme(name).compute_dtype:
         policy = policy.computed_in(scheme(name).compute_dtype)
     parity = check(_GraphModel(quantized), inputs, targets, graph=quantized, policy=policy,
-                   spec=spec or graph.name, examples=examples, seed=seed)
+                   spec=spec or graph.name, examples=examples, seed=seed, oracle=False)
     drawn = [inputs]
     if examples > 1:
         from crossgraph.compiler import strategies
         drawn += strategies.draw(strategies.inputs(graph, inputs), examples - 1, seed=seed)
-    return QuantReport(name, quantized, quantized_nodes(quantized), seconds, accuracy(graph, quantized, drawn), parity)
+    measured = accuracy(graph, quantized, drawn)
+    steps = _rejudge(graph, quantized, parity, inputs, examples, seed, policy, measured)
+    return QuantReport(name, quantized, quantized_nodes(quantized), seconds, measured, parity, steps)
+
+
+REJUDGED = ("onnx", "jax", "inductor", "tensorrt")
+"""Targets whose intermediate values can be read, so the "quantized-steps" rule can judge them."""
+
+
+def _rejudge(float_graph: Graph, quantized: Graph, parity: ParityReport, inputs: tuple[torch.Tensor, ...],
+             examples: int, seed: int, policy: TolerancePolicy, measured: Accuracy) -> dict[str, StepVerdict]:
+    """Judge again, by the "quantized-steps" rule, every target whose outputs failed the float tolerance in a graph
+    with activation-quantized ops, on the input sets parity used; its result takes the rule's status and says
+    which rule judged it (TargetResult.rules, and the error text). A rule that cannot read the values leaves the
+    failure as it was, with the reason added."""
+    failed = [name for name, r in parity.targets.items() if r.status == "fail" and name in REJUDGED]
+    if not failed or not activation_nodes(quantized):
+        return {}
+    from crossgraph.compiler.pipeline import Pipelines, passes_for
+    cases = [inputs]
+    if examples > 1:
+        from crossgraph.compiler import strategies
+        cases += strategies.draw(strategies.inputs(quantized, inputs), examples - 1, seed=seed)
+    vocab = _language_model(float_graph, inputs)
+    text = text_batches(vocab, *inputs[0].shape) if vocab else None
+    pipelines = Pipelines(quantized)
+    verdicts: dict[str, StepVerdict] = {}
+    for name in failed:
+        result = parity.targets[name]
+        try:
+            graph = pipelines.run(passes_for(name, None))[0]
+            verdict = quantized_steps(float_graph, graph, name, cases, policy, text, measured.perplexity_quantized)
+        except Exception as exc:  # the rule is a second opinion: failing to form one keeps the first
+            result.error = f"{result.error}; {STEPS_RULE} could not judge: {type(exc).__name__}: {exc}"
+            continue
+        verdicts[name] = verdict
+        tolerance_text = f"; under the float tolerance: {result.error}" if result.error else ""
+        result.status = verdict.status
+        result.error = verdict.message + tolerance_text
+        if isinstance(getattr(result, "rules", None), dict):
+            result.rules = {output: STEPS_RULE for output in (result.rules or dict.fromkeys(parity.output_names))}
+        for case in result.cases:
+            if case.status == "fail":
+                case.status = verdict.status
+                case.error = f"{verdict.message}; under the float tolerance: {case.error}"
+                if isinstance(getattr(case, "rules", None), dict):
+                    case.rules = {output: STEPS_RULE for output in (case.rules or dict.fromkeys(parity.output_names))}
+    return verdicts
 
 
 __all__ = ["Accuracy", "QuantReport", "SCHEMES", "accuracy", "check_quantized", "quantize", "text_batches"]

@@ -126,9 +126,12 @@ class Reduction:
             original=self.original_nodes, filename=path.name, error=repr(self.expected_error),
             tolerances=", ".join(repr(t) for t in self.tolerances), buffers=buffers,
             forward=textwrap.indent(forward, "    "), inputs=inputs.rstrip(" "))
-        if large:
-            torch.save(large, path.with_suffix(".pt"))
-        path.write_text(text)
+        from crossgraph.compiler.artifact import atomic_path, write_atomically
+
+        if large:  # each file whole or not at all (the tensors first: the script loads them)
+            with atomic_path(path.with_suffix(".pt")) as tmp:
+                torch.save(large, tmp)
+        write_atomically(path, text)
         return path
 
 
@@ -220,7 +223,7 @@ class _Search:
 
         if not prefix(len(order) - 1).outcome.fails:
             raise NothingToReduce(f"graph '{self.graph.name}' does not fail on {self.target} "
-                             f"({prefix(len(order) - 1).outcome.message}): nothing to reduce")
+                                  f"({prefix(len(order) - 1).outcome.message})")
         low, high = -1, len(order) - 1
         while high - low > 1:
             mid = (low + high) // 2

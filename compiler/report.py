@@ -14,6 +14,8 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
+from crossgraph.compiler.compare import combined_rule
+
 STATUSES = ("pass", "fail", "error", "skipped")
 _ICONS = {"pass": "✅", "fail": "❌", "error": "⚠️", "skipped": "⏭️"}
 _VERBS = {"pass": "passed", "fail": "failed", "error": "errored", "skipped": "skipped"}
@@ -34,13 +36,17 @@ class CaseResult:
     rtol: float | None = None
     seconds: float = 0.0
     error: str | None = None
+    oracle_abs_err: float | None = None
+    reference_oracle_abs_err: float | None = None
+    rules: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict; non-finite errors become null, non-finite values inside `worst` strings ("nan")."""
         return {"example": self.example, "status": self.status, "max_abs_err": _num(self.max_abs_err),
                 "max_rel_err": _num(self.max_rel_err), "mean_abs_err": _num(self.mean_abs_err),
                 "p99_abs_err": _num(self.p99_abs_err), "worst": _jsonable(self.worst), "atol": self.atol,
-                "rtol": self.rtol, "seconds": round(self.seconds, 4), "error": self.error}
+                "rtol": self.rtol, "seconds": round(self.seconds, 4), "error": self.error,
+                **_oracle_json(self)}
 
 
 @dataclasses.dataclass
@@ -62,6 +68,13 @@ class TargetResult:
     worst: dict[str, Any] | None = None
     cases: list[CaseResult] = dataclasses.field(default_factory=list)
     bisect: dict[str, Any] | None = None
+    oracle_abs_err: float | None = None
+    """max |candidate - float64 run| over the outputs judged against float64 (compiler.oracle), and"""
+    reference_oracle_abs_err: float | None = None
+    """max |eager float32 - float64 run| over the same outputs: the float32 error the first is measured by."""
+    rules: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The rule that judged each output: "float64-oracle", "tolerance" (compiler.compare), or a
+    dtype-specific one (e.g. "quantized-steps")."""
 
     def to_json(self) -> dict[str, Any]:
         """DESIGN.md's fields in their order, then mean/p99 errors, worst element, examples, cases (only when
@@ -71,7 +84,7 @@ class TargetResult:
                "seconds": round(self.seconds, 4), "error": self.error,
                "first_divergent_node": _jsonable(self.first_divergent_node),
                "mean_abs_err": _num(self.mean_abs_err), "p99_abs_err": _num(self.p99_abs_err),
-               "worst": _jsonable(self.worst), "examples": len(self.cases) or 1}
+               "worst": _jsonable(self.worst), "examples": len(self.cases) or 1, **_oracle_json(self)}
         if len(self.cases) > 1:
             out["cases"] = [c.to_json() for c in self.cases]
         out["bisect"] = _jsonable(self.bisect)
@@ -89,28 +102,72 @@ class ParityReport:
     output_names: list[str] = dataclasses.field(default_factory=list)
     policy: dict[str, Any] | None = None
     seed: int | None = None
+    strict: bool = False
+    """`crossgraph check --strict`: a requested target that did not run (skipped) fails the check too."""
+    oracle_note: str | None = None
+    """Why the float64 oracle did not run as the model as written (compiler.oracle), when it did not."""
 
     @property
     def exit_code(self) -> int:
-        """0 all ran targets within tolerance, 2 a target hit bad input (e.g. an unsupported op), 1 otherwise."""
+        """DESIGN.md's exit code: 2 a target hit bad input (e.g. an unsupported op), 1 a target failed or
+        crashed, or (strict) a target was skipped, 0 otherwise: without `strict`, every target that ran is within
+        tolerance, which a run whose targets were all skipped is too (see `passed` and `verdict`)."""
         if any(r.status == "error" and r.bad_input for r in self.targets.values()):
             return 2
-        return 1 if any(r.status in ("fail", "error") for r in self.targets.values()) else 0
+        if any(r.status in ("fail", "error") for r in self.targets.values()):
+            return 1
+        return 1 if self.strict and self.verdict_status != "pass" else 0
 
     @property
     def passed(self) -> bool:
-        return self.exit_code == 0
+        """Whether every requested target ran and passed: a skipped target is not a pass."""
+        return bool(self.targets) and all(r.status == "pass" for r in self.targets.values())
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many targets ended in each status, every status listed."""
+        counts = dict.fromkeys(STATUSES, 0)
+        for r in self.targets.values():
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+    @property
+    def verdict_status(self) -> str:
+        """The verdict: "fail" a target is out of tolerance, else "error" a target crashed, else "incomplete" a
+        target was skipped (or none was requested), else "pass": every requested target ran and passed."""
+        counts = self.counts
+        for status in ("fail", "error"):
+            if counts[status]:
+                return status
+        return "pass" if self.passed else "incomplete"
+
+    def verdict(self) -> dict[str, Any]:
+        """The JSON report's top-level verdict: status (see verdict_status), targets per status, and strict."""
+        return {"status": self.verdict_status, "counts": self.counts, "strict": self.strict}
+
+    def verdict_line(self) -> str:
+        """One line for people: the verdict, the counts, and for an incomplete run the skipped targets and what
+        --strict does with them."""
+        counts = ", ".join(f"{n} {_VERBS.get(s, s)}" for s, n in self.counts.items() if n) or "no targets"
+        line = f"verdict: {self.verdict_status} ({counts})"
+        skipped = [name for name, r in self.targets.items() if r.status == "skipped"]
+        if skipped:
+            line += f"; not run: {', '.join(skipped)}" + (" (--strict: a skipped target fails the check)"
+                                                          if self.strict else " (--strict would fail on this)")
+        return line
 
     def to_json(self) -> dict[str, Any]:
-        """DESIGN.md's report: spec and targets, then seed and policy."""
+        """DESIGN.md's report: spec and targets, then seed, policy and the verdict."""
         return {"spec": self.spec, "targets": {name: r.to_json() for name, r in self.targets.items()},
-                "seed": self.seed, "policy": _jsonable(self.policy)}
+                "seed": self.seed, "policy": _jsonable(self.policy), "verdict": self.verdict(),
+                "oracle_note": self.oracle_note}
 
     def write_json(self, path: str | os.PathLike[str]) -> None:
-        """Strict JSON (no NaN tokens): see to_json."""
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f, indent=2, allow_nan=False)
-            f.write("\n")
+        """Strict JSON (no NaN tokens): see to_json. Serialized whole first, then written atomically: a report
+        that cannot be serialized, or a write that fails, leaves no file (and an older one untouched)."""
+        from crossgraph.compiler.artifact import write_atomically
+
+        write_atomically(path, json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n")
 
     def write_junit(self, path: str | os.PathLike[str]) -> None:
         """<testsuites><testsuite> with one <testcase> per target, or per target per example ("onnx[example 3]")
@@ -119,7 +176,8 @@ class ParityReport:
         node and the pass bisection, which were found on its inputs."""
         suite = ET.Element("testsuite", name=f"crossgraph check {self.spec}")
         props = ET.SubElement(suite, "properties")
-        for name, value in (("spec", self.spec), ("seed", self.seed), ("policy", self.policy)):
+        for name, value in (("spec", self.spec), ("seed", self.seed), ("policy", self.policy),
+                            ("verdict", self.verdict())):
             if value is not None:
                 text = value if isinstance(value, str) else json.dumps(_jsonable(value), sort_keys=True)
                 ET.SubElement(props, "property", name=name, value=_printable(str(text)))
@@ -143,18 +201,23 @@ class ParityReport:
         root = ET.Element("testsuites", name="crossgraph check", tests=str(total), failures=str(counts["fail"]),
                           errors=str(counts["error"]), time=seconds)
         root.append(suite)
-        ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+        from crossgraph.compiler.artifact import write_atomically
+
+        write_atomically(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
     def table(self) -> str:
-        """The parity table people read: target, status, errors, tolerance, seconds; then notes saying why a
-        target did not pass, its first divergent node and its pass bisection."""
-        header = ("target", "status", "max_abs_err", "max_rel_err", "atol", "rtol", "seconds")
+        """The parity table people read: target, status, errors, tolerance, the errors against the float64
+        oracle (the candidate's, and eager float32's own), seconds; then notes saying why a target did not pass,
+        its first divergent node and its pass bisection."""
+        header = ("target", "status", "max_abs_err", "max_rel_err", "atol", "rtol", "vs_float64", "eager_vs_f64",
+                  "seconds")
         rows = [(name, r.status, _fmt(r.max_abs_err), _fmt(r.max_rel_err), _fmt(r.atol), _fmt(r.rtol),
-                 f"{r.seconds:.2f}") for name, r in self.targets.items()]
+                 _fmt(r.oracle_abs_err), _fmt(r.reference_oracle_abs_err), f"{r.seconds:.2f}")
+                for name, r in self.targets.items()]
         widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (header, *rows)]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        notes = []
+        notes = [f"  float64 oracle: {self.oracle_note}"] if self.oracle_note else []
         for name, r in self.targets.items():
             if r.status != "pass" and r.error:
                 notes.append(f"  {name}: {_first_line(r.error)}")
@@ -162,16 +225,18 @@ class ParityReport:
                 notes.append(f"  {name}: first divergent node: {_node_text(r.first_divergent_node)}")
             if r.bisect:
                 notes.append(f"  {name}: pass bisection: {_bisect_text(r.bisect)}")
-        return "\n".join(lines + (["", "notes:"] + notes if notes else []))
+        return "\n".join(lines + (["", "notes:"] + notes if notes else []) + ["", self.verdict_line()])
 
     def markdown(self) -> str:
         """A pull-request comment (GitHub-flavoured Markdown): the verdict, a table of targets, and a
         collapsed block per failing or erroring target with its error, worst element, first divergent node
-        and pass bisection."""
-        counts = {s: sum(r.status == s for r in self.targets.values()) for s in STATUSES}
-        verdict = ", ".join(f"{n} {_VERBS[s]}" for s, n in counts.items() if n) or "no targets"
-        icon = _ICONS["pass"] if self.passed and self.targets else _ICONS["fail"]
-        lines = [f"{icon} **crossgraph check** {_code(self.spec)}: {verdict}"]
+        and pass bisection. The first line is the verdict: ✅ every target passed, ❌ the check fails (with
+        --strict, a skipped target fails it), ⏭️ incomplete (a target was skipped, which does not fail it)."""
+        counts = ", ".join(f"{n} {_VERBS[s]}" for s, n in self.counts.items() if n) or "no targets"
+        status = self.verdict_status
+        icon = _ICONS["pass"] if status == "pass" else _ICONS["fail"] if self.exit_code else _ICONS["skipped"]
+        lines = [f"{icon} **crossgraph check** {_code(self.spec)}: {counts} — **{status}**"
+                 + (" (strict)" if self.strict else "")]
         about = ([f"seed {self.seed}"] if self.seed is not None else []) + (
             [f"tolerances: {_policy_text(self.policy)}"] if self.policy is not None else [])
         if about:
@@ -190,9 +255,10 @@ class ParityReport:
         return "\n".join(lines) + "\n"
 
     def write_markdown(self, path: str | os.PathLike[str]) -> None:
-        """Write markdown() to `path`."""
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.markdown())
+        """Write markdown() to `path`, atomically."""
+        from crossgraph.compiler.artifact import write_atomically
+
+        write_atomically(path, self.markdown())
 
 
 def _runs(r: TargetResult) -> list[tuple[str | None, CaseResult | TargetResult]]:
@@ -303,6 +369,12 @@ def _policy_text(policy: dict[str, Any]) -> str:
 def _examples_text(r: TargetResult) -> str:
     bad = sum(c.status != "pass" for c in r.cases)
     return f"{len(r.cases) or 1}" + (f" ({bad} not passing)" if bad else "")
+
+
+def _oracle_json(r: CaseResult | TargetResult) -> dict[str, Any]:
+    """The float64 oracle's figures and the rules that judged each output, for to_json."""
+    return {"oracle_abs_err": _num(r.oracle_abs_err), "reference_oracle_abs_err": _num(r.reference_oracle_abs_err),
+            "rule": combined_rule(r.rules), "rules": dict(r.rules)}
 
 
 def _num(x: float | None) -> float | None:

@@ -1,7 +1,8 @@
 """The sharded parity check (`crossgraph check SPEC --mesh ...`): each sharding plan the mesh allows, run on JAX
-GSPMD (simulated CPU devices) and on torch DTensor (gloo processes), against the same graph run unsharded; for
-language models also the training step (loss and every weight's gradient). Beside each plan: the collectives
-propagation predicted and those XLA inserted into the compiled forward pass.
+GSPMD (simulated CPU devices) and on torch DTensor (gloo processes), against the same graph run unsharded, forward
+and training step (loss and every weight's gradient) under the loss that fits the outputs: next-token cross entropy
+for logits over the token ids' vocabulary, else the outputs' mean square (the report says which, and why). Beside
+each plan: the collectives propagation predicted and those XLA inserted into the compiled forward pass.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from crossgraph.compiler.dtensor import RunResult
 
 ENGINES = ("jax", "dtensor")
-TRAIN_LOSS = "next_token"
 
 
 def plans_for(mesh: Mesh) -> list[str]:
@@ -45,13 +45,19 @@ class ShardedReport:
     parity: ParityReport
     predicted: dict[str, ShardingReport]
     xla: dict[str, collections.Counter[str]]
+    loss: str | None = None
+    """The training step's loss (compiler.dtensor.LOSSES), None when no training step ran."""
+    loss_reason: str = ""
 
     @property
     def exit_code(self) -> int:
         return self.parity.exit_code
 
     def table(self) -> str:
-        lines = [self.parity.table(), "", f"collectives per forward pass on {self.mesh} (predicted | XLA):"]
+        lines = [self.parity.table(), ""]
+        if self.loss is not None:
+            lines += [f"training step loss: {self.loss} ({self.loss_reason})", ""]
+        lines.append(f"collectives per forward pass on {self.mesh} (predicted | XLA):")
         for plan, report in self.predicted.items():
             xla = self.xla.get(plan)
             lines.append(f"  {plan:<5} {_counts(report.counts()):<32} | "
@@ -62,6 +68,7 @@ class ShardedReport:
     def to_json(self) -> dict[str, Any]:
         out = self.parity.to_json()
         out["mesh"] = str(self.mesh)
+        out["train_loss"] = None if self.loss is None else {"loss": self.loss, "reason": self.loss_reason}
         out["plans"] = {plan: {**report.to_json(), "xla_collectives": dict(self.xla.get(plan, {}))}
                         for plan, report in self.predicted.items()}
         return out
@@ -73,10 +80,10 @@ def _counts(counts: collections.Counter[str]) -> str:
 
 def check_sharded(model: Any, inputs: Sequence[torch.Tensor], mesh: Mesh, *, plans: Sequence[str] | None = None,
                   engines: Sequence[str] = ENGINES, policy: TolerancePolicy | None = None, train: bool = True,
-                  spec: str = "") -> ShardedReport:
-    """Shard `model` by each of `plans` (default: every plan `mesh` allows) and check each engine's sharded run
-    against the unsharded one. Bad plans, meshes, engines and uneven splits raise InputError before anything
-    runs."""
+                  spec: str = "", kwargs: dict[str, torch.Tensor | None] | None = None) -> ShardedReport:
+    """Shard `model` (called as `model(*inputs, **kwargs)`) by each of `plans` (default: every plan `mesh`
+    allows) and check each engine's sharded run against the unsharded one. Bad plans, meshes, engines and
+    uneven splits raise InputError before anything runs."""
     policy = policy or TolerancePolicy()
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
@@ -85,23 +92,26 @@ def check_sharded(model: Any, inputs: Sequence[torch.Tensor], mesh: Mesh, *, pla
     if not plans:
         raise InputError(f"no sharding plan fits mesh {mesh}: plans use mesh axes named data and model")
     start = time.perf_counter()
-    graph = capture(model, inputs)
+    graph = capture(model, inputs, kwargs=kwargs)
+    inputs = graph.flatten(inputs, kwargs)
     sharded = {plan: shard(graph, plan, mesh) for plan in plans}
     capture_seconds = time.perf_counter() - start
     prepared = next(iter(sharded.values()))[0]
     from crossgraph.compiler import dtensor  # torch.distributed.tensor: imported when a check runs, not by the CLI
 
-    train = train and dtensor.default_loss(prepared) == TRAIN_LOSS
-    reference = dtensor.run_local(prepared, inputs, train=train, loss=TRAIN_LOSS if train else None)
+    loss, reason = dtensor.choose_loss(prepared)
+    loss = loss if train else None
+    reference = dtensor.run_local(prepared, inputs, train=train, loss=loss)
     check = _Checker(prepared, reference, policy)
     results: dict[str, TargetResult] = {}
     xla: dict[str, collections.Counter[str]] = {}
     if "jax" in engines:
-        _run_jax(sharded, inputs, train, check, results, xla)
+        _run_jax(sharded, inputs, loss, check, results, xla)
     if "dtensor" in engines:
-        _run_dtensor(sharded, inputs, train, check, results)
+        _run_dtensor(sharded, inputs, loss, check, results)
     parity = ParityReport(spec, results, capture_seconds=capture_seconds, policy=policy.describe())
-    return ShardedReport(mesh, parity, {plan: report for plan, (_, report) in sharded.items()}, xla)
+    return ShardedReport(mesh, parity, {plan: report for plan, (_, report) in sharded.items()}, xla, loss,
+                         reason if loss else "")
 
 
 class _Checker:
@@ -152,7 +162,7 @@ def _error(exc: CrossgraphError, seconds: float) -> TargetResult:
     return TargetResult("error", seconds=seconds, error=str(exc), bad_input=isinstance(exc, InputError))
 
 
-def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
+def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], loss: str | None,
              check: _Checker, results: dict[str, TargetResult], xla: dict[str, collections.Counter[str]]) -> None:
     from crossgraph.compiler import jaxlower
 
@@ -176,28 +186,28 @@ def _run_jax(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[
 
         def step() -> TargetResult:
             start = time.perf_counter()
-            loss, grads = runner.grads(inputs, TRAIN_LOSS)
-            return check.training("jax", loss, grads, time.perf_counter() - start)
+            value, grads = runner.grads(inputs, loss)
+            return check.training("jax", value, grads, time.perf_counter() - start)
 
         _guarded(results, f"jax[{plan}]", forward)
-        if train:
+        if loss is not None:
             _guarded(results, f"jax[{plan}] train", step)
 
 
-def _run_dtensor(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], train: bool,
+def _run_dtensor(sharded: dict[str, tuple[Graph, ShardingReport]], inputs: Sequence[torch.Tensor], loss: str | None,
                  check: _Checker, results: dict[str, TargetResult]) -> None:
     from crossgraph.compiler import dtensor
 
     start = time.perf_counter()
     names = [f"dtensor[{plan}]" for plan in sharded]
     try:
-        runs = dtensor.run_sharded_many([(graph, inputs) for graph, _ in sharded.values()], train=train,
-                                        loss=TRAIN_LOSS if train else None)
+        runs = dtensor.run_sharded_many([(graph, inputs) for graph, _ in sharded.values()], train=loss is not None,
+                                        loss=loss)
     except CrossgraphError as exc:
         results.update(dict.fromkeys(names, _error(exc, time.perf_counter() - start)))
         return
     seconds = (time.perf_counter() - start) / len(names)
     for name, run in zip(names, runs):
         results[name] = check.outputs("dtensor", run.outputs, seconds)
-        if train:
+        if loss is not None:
             results[f"{name} train"] = check.training("dtensor", run.loss, run.grads, seconds)

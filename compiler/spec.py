@@ -1,7 +1,9 @@
-"""SPEC loading: "path/to/file.py:factory" or "package.module:factory" -> (model, example_inputs).
+"""SPEC loading: "path/to/file.py:factory" or "package.module:factory" -> (model, args, kwargs).
 
-The factory takes no arguments and returns (model, example_inputs): an nn.Module (Hugging Face included) or a
-crossgraph FunctionalModel, and a tuple of tensors. Every way this can go wrong is an InputError in one line.
+The factory takes no arguments and returns `(model, args)`, `(model, kwargs)` or `(model, args, kwargs)`: model
+is an nn.Module (Hugging Face included) or a crossgraph FunctionalModel; args a tuple of tensors (a bare tensor
+is a 1-tuple); kwargs a dict from input name to tensor or None ("not passed"), the model's keyword inputs. Every
+way this can go wrong is an InputError in one line that says what to return instead.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 from crossgraph.graphs import FunctionalModel, InputError
 
 
-def load(spec: str) -> tuple[Any, tuple[torch.Tensor, ...]]:
-    """Import the SPEC's module, call its factory, validate what it returns."""
+def load(spec: str) -> tuple[Any, tuple[torch.Tensor, ...], dict[str, torch.Tensor | None]]:
+    """Import the SPEC's module, call its factory, validate what it returns: (model, args, kwargs)."""
     location, sep, factory_name = spec.rpartition(":")
     if not sep or not location or not factory_name:
         raise InputError(f"SPEC '{spec}' must be 'path/to/file.py:factory' or 'package.module:factory'")
@@ -89,15 +91,40 @@ def _where(exc: BaseException) -> str:
     return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
-def _validate(spec: str, result: Any) -> tuple[Any, tuple[torch.Tensor, ...]]:
-    if not isinstance(result, tuple) or len(result) != 2:
-        raise InputError(f"SPEC '{spec}': the factory must return (model, example_inputs), got "
-                         f"{type(result).__name__}")
-    model, inputs = result
+_FORMS = ("return (model, args), (model, kwargs) or (model, args, kwargs): args a tuple of tensors, kwargs a "
+          "dict from input name to tensor or None")
+
+
+def _validate(spec: str, result: Any) -> tuple[Any, tuple[torch.Tensor, ...], dict[str, torch.Tensor | None]]:
+    def bad(what: str) -> InputError:
+        return InputError(f"SPEC '{spec}': {what}; the factory must {_FORMS}")
+
+    if not isinstance(result, tuple) or len(result) not in (2, 3):
+        raise bad(f"the factory returned {_kind(result)}")
+    model, *rest = result
     if not isinstance(model, (torch.nn.Module, FunctionalModel)):
         raise InputError(f"SPEC '{spec}': the model is a {type(model).__name__}; expected an nn.Module or a "
                          "crossgraph FunctionalModel")
-    inputs = (inputs,) if isinstance(inputs, torch.Tensor) else inputs
-    if not isinstance(inputs, (tuple, list)) or not all(isinstance(t, torch.Tensor) for t in inputs):
-        raise InputError(f"SPEC '{spec}': example_inputs must be a tuple of tensors")
-    return model, tuple(inputs)
+    if len(rest) == 1 and isinstance(rest[0], dict):
+        rest = [(), rest[0]]
+    args, kwargs = (rest + [{}])[:2]
+    args = (args,) if isinstance(args, torch.Tensor) else args
+    if not isinstance(args, tuple):
+        raise bad(f"args is {_kind(args)}, not a tuple")
+    if not all(isinstance(t, torch.Tensor) for t in args):
+        first = next(t for t in args if not isinstance(t, torch.Tensor))
+        raise bad(f"args holds {_kind(first)}")
+    if not isinstance(kwargs, dict):
+        raise bad(f"kwargs is {_kind(kwargs)}, not a dict")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise bad(f"kwargs has the key {key!r}, not an input name")
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise bad(f"kwargs['{key}'] is {_kind(value)}")
+    return model, args, dict(kwargs)
+
+
+def _kind(x: Any) -> str:
+    """'a list', 'a dict', 'an int': what a value is, for a message."""
+    name = type(x).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"

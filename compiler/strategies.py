@@ -52,7 +52,7 @@ from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 from torch.fx import Node
 
-from crossgraph.graphs import Graph, InputError
+from crossgraph.graphs import Graph, InputError, bounds
 from crossgraph.passes import program
 
 T = TypeVar("T")
@@ -67,9 +67,6 @@ _MASK_STYLES = ("ones", "padded", "random")
 _MASK_NAME = re.compile("mask", re.IGNORECASE)
 _DEFAULT_INT_RANGE = (0, 16)
 _UNBOUNDED_SPAN = 16  # how far above its lower end an unbounded dim goes without an example
-# Ops that only move, copy or cast index values: an index read through them is still the input's value.
-_VALUE_PRESERVING = {"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "permute", "transpose",
-                     "t", "clone", "contiguous", "slice", "select", "alias", "flatten", "_to_copy", "to"}
 
 PROFILES: dict[str, settings] = {
     # No `explain` phase: after a failure it re-runs every example under sys.settrace (minutes for a compile).
@@ -136,7 +133,7 @@ def inputs(graph: Graph, example_inputs: Sequence[torch.Tensor] | None = None
     detection and how far unbounded dims go.
     """
     example = _example(graph, example_inputs)
-    index_bounds, dim_caps = _index_bounds(graph)
+    index_bounds, dim_caps = bounds.index_bounds(graph)  # one analysis, shared with capture
     nodes = graph.input_nodes()
     specs = [_input_spec(name, node, index_bounds.get(node.name), ex)
              for name, node, ex in zip(graph.input_names, nodes, example or [None] * len(nodes))]
@@ -264,54 +261,6 @@ def _input_spec(name: str, node: Node, index_bound: int | None, example: torch.T
             return spec(kind="mask")
         return spec(kind="int", low=low, high=high + 1)
     return spec(kind="int", low=_DEFAULT_INT_RANGE[0], high=_DEFAULT_INT_RANGE[1])
-
-
-def _index_bounds(graph: Graph) -> tuple[dict[str, int], dict[sympy.Symbol, int]]:
-    """Placeholders used as indices, with the size they index; symbols whose `arange` is used as indices.
-
-    An index is read through value-preserving ops (views, copies, casts) back to where it comes from: a user
-    input (bounded by the table's size) or an `arange(start, end)` whose end is a symbol (capped at that size).
-    """
-    inputs_bound: dict[str, int] = {}
-    dim_caps: dict[sympy.Symbol, int] = {}
-    for index, size in _indexings(graph):
-        source = index
-        while _opname(source) in _VALUE_PRESERVING and isinstance(source.args[0], Node):
-            source = source.args[0]
-        if source.op == "placeholder":
-            inputs_bound[source.name] = min(size, inputs_bound.get(source.name, size))
-        elif _opname(source) == "arange":
-            end = source.args[1] if len(source.args) > 1 else source.args[0]
-            val = end.meta.get("val") if isinstance(end, Node) else None
-            if isinstance(val, torch.SymInt) and isinstance(val.node.expr, sympy.Symbol):
-                dim_caps[val.node.expr] = min(size, dim_caps.get(val.node.expr, size))
-    return inputs_bound, dim_caps
-
-
-def _indexings(graph: Graph) -> list[tuple[Node, int]]:
-    """(index node, size of the dim it indexes) for each embedding, index_select and index with a static size."""
-    found = []
-    for node in graph.fx.nodes:
-        name = _opname(node)
-        if name == "embedding":
-            table, indices = node.args[0], [node.args[1]]
-            dims = [0]
-        elif name == "index_select":
-            table, indices, dims = node.args[0], [node.args[2]], [node.args[1]]
-        elif name == "index":
-            table, indices = node.args[0], list(node.args[1])
-            dims = list(range(len(indices)))
-        else:
-            continue
-        shape = table.meta["val"].shape
-        for index, dim in zip(indices, dims):
-            if isinstance(index, Node) and isinstance(shape[dim], int):
-                found.append((index, shape[dim]))
-    return found
-
-
-def _opname(node: Node) -> str | None:
-    return getattr(node.target, "_opname", None) if node.op == "call_function" else None
 
 
 def _dim_ranges(graph: Graph, specs: list[_InputSpec], example: list[torch.Tensor] | None,

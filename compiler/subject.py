@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-from crossgraph.graphs import FunctionalModel, Graph
+from crossgraph.graphs import Graph
 
 
 @dataclasses.dataclass
@@ -18,15 +18,22 @@ class Subject:
     model: Any
     graph: Graph
     example_inputs: tuple[torch.Tensor, ...]
+    _oracle: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def reference(self, inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        """The model run eagerly as written (before capture): what every target is compared with."""
+        """The model run eagerly as written (before capture), called as its user calls it (keyword inputs by
+        name, see Graph.call): what every target is compared with."""
         with torch.no_grad():
-            if isinstance(self.model, FunctionalModel):
-                out = self.model(*inputs)
-            else:
-                out = self.model(*inputs, **self.graph.constant_kwargs)
+            out = self.graph.call(self.model, inputs)
         return [to_numpy(t) for t in pytree.tree_leaves(out)]
+
+    def oracle(self, inputs: Sequence[torch.Tensor], reference: Sequence[np.ndarray]) -> Any:
+        """The model (or its captured graph) run in float64 on `inputs` (compiler.oracle.Oracle), for the
+        leaves of `reference` that are float32; the float64 copy of the model is made once."""
+        from crossgraph.compiler.oracle import ModelOracle
+        if self._oracle is None:
+            self._oracle = ModelOracle(self.model, self.graph)
+        return self._oracle(inputs, reference)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

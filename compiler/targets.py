@@ -40,6 +40,9 @@ def _lowered(name: str, description: str) -> Target:
     """A target that lowers the captured graph with `lower(graph, name)` and runs the artifact."""
     def prepare(subject: Subject) -> Runner:
         artifact = lower(subject.graph, name)
+        check = getattr(artifact, "check_inputs", None)
+        if check is not None:  # inputs the runtime refuses (jax: int64 outside int32) are bad input: exit 2
+            check(subject.example_inputs)
         return lambda inputs: artifact(*inputs)
 
     return Target(name, description, prepare, lambda subject: lowering_unavailable(name), lowered=True)

@@ -153,18 +153,31 @@ class TolerancePolicy:
     by_target_family: Mapping[str, Mapping[str, Mapping[str, Tolerance]]] = dataclasses.field(
         default_factory=dict)
     source: str | None = None
+    user_set: frozenset[tuple[str | None, str | None, str]] = frozenset()
+    """(target, family, dtype) of every entry a user set (`--tol`, pyproject.toml, with_entry): outputs those
+    entries judge are judged by them alone, never widened by the float64 oracle."""
 
     def for_output(self, target: str, dtype: object, op: object = None) -> Tolerance:
         """The tolerance for one output of `target` with `dtype` (numpy, torch or a name), produced by `op`
         (an FX node target; None when unknown)."""
+        return self._lookup(target, dtype, op)[0]
+
+    def oracle_applies(self, target: str, dtype: object, op: object = None) -> bool:
+        """Whether the float64-oracle rule may judge this output: no override, and its tolerance is a default
+        (the user's own tolerances are the rule wherever they set one)."""
+        return self.override is None and self._lookup(target, dtype, op)[1] not in self.user_set
+
+    def _lookup(self, target: str, dtype: object, op: object) -> tuple[Tolerance, tuple[str | None, ...] | None]:
+        """The tolerance and the (target, family, dtype) key of the entry that gave it."""
         if self.override is not None:
-            return self.override
+            return self.override, None
         name, family = _dtype_name(dtype), op_family(op)
-        for table in (self.by_target_family.get(target, {}).get(family, {}), self.by_target.get(target, {}),
-                      self.by_family.get(family, {}), self.by_dtype):
+        for key, table in (((target, family), self.by_target_family.get(target, {}).get(family, {})),
+                           ((target, None), self.by_target.get(target, {})),
+                           ((None, family), self.by_family.get(family, {})), ((None, None), self.by_dtype)):
             if name in table:
-                return table[name]
-        return EXACT
+                return table[name], (*key, name)
+        return EXACT, None
 
     def with_override(self, atol: float | None, rtol: float | None) -> "TolerancePolicy":
         """This policy with a fixed (atol, rtol) for every output; a missing half keeps the float32 default."""
@@ -186,7 +199,7 @@ class TolerancePolicy:
             tables["by_family"].setdefault(family, {})[dtype] = tol
         else:
             tables["by_dtype"][dtype] = tol
-        return dataclasses.replace(self, **tables)
+        return dataclasses.replace(self, **tables, user_set=self.user_set | {(target, family, dtype)})
 
     def computed_in(self, dtype: str) -> "TolerancePolicy":
         """This policy for float32 outputs of a graph that computes in `dtype` (float16 or bfloat16, cast back

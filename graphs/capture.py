@@ -18,7 +18,7 @@ import torch
 import torch.fx.proxy
 from torch import nn
 
-from crossgraph.graphs import annotations
+from crossgraph.graphs import annotations, bounds, decompositions
 from crossgraph.graphs.errors import CaptureError, InputError
 from crossgraph.graphs.functional import FunctionalModel, FunctionalModule
 from crossgraph.graphs.graph import Graph
@@ -32,25 +32,38 @@ def decomposition_table() -> dict[Any, Any]:
     table = torch.export.default_decompositions()
     for op in KEPT_OPS:
         table.pop(op, None)
+    table.update(decompositions.table())  # grouped matmuls of MoE layers, loop-free: graphs/decompositions.py
     return table
 
 
-def capture(model: nn.Module | FunctionalModel, example_inputs: Any,
-            dynamic_shapes: Sequence[Any] | Mapping[str, Any] | None = None, *, name: str | None = None) -> Graph:
-    """Export `model` on `example_inputs` (a tensor or tuple of tensors) into a core-ATen Graph.
+def capture(model: nn.Module | FunctionalModel, example_inputs: Any = (),
+            dynamic_shapes: Sequence[Any] | Mapping[str, Any] | None = None, *, name: str | None = None,
+            kwargs: Mapping[str, torch.Tensor | None] | None = None) -> Graph:
+    """Export `model` called as `model(*example_inputs, **kwargs)` into a core-ATen Graph.
 
-    `dynamic_shapes` follows torch.export: one entry per input (a {dim: Dim} dict or None), as a sequence or a
-    mapping by input name. Failures raise CaptureError naming the construct, the user's line and the fix.
+    `example_inputs` is a tensor or a tuple of tensors; `kwargs` maps input names to tensors, None meaning "not
+    passed" (as torch.export's `kwargs`). The Graph takes every tensor input positionally, the positional ones
+    first, then the keyword ones in `kwargs`' order, each named by its argument name (`Graph.input_names`,
+    `Graph.keyword_inputs`). `dynamic_shapes` follows torch.export: one entry per input (a {dim: Dim} dict or
+    None), as a sequence in that order or a mapping by input name. Failures raise CaptureError naming the
+    construct, the user's line and the fix.
     """
     inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     bad = [i for i, t in enumerate(inputs) if not isinstance(t, torch.Tensor)]
     if bad:
         raise InputError(f"example input {bad[0]} is a {type(inputs[bad[0]]).__name__}; inputs must be tensors")
-    module, input_names, kwargs, label = _as_module(model, len(inputs))
-    ds = _dynamic_shapes(dynamic_shapes, input_names, kwargs, functional=isinstance(model, FunctionalModel))
+    keyword = keyword_tensors(kwargs)
+    module, input_names, constants, label = _as_module(model, len(inputs))
+    taken = set(input_names) & set(keyword)
+    if taken:
+        raise InputError(f"input {sorted(taken)[0]!r} is given both positionally and as a keyword")
+    input_names += list(keyword)
+    ds = _dynamic_shapes(dynamic_shapes, input_names, {**keyword, **constants},
+                         functional=isinstance(model, FunctionalModel), positional=len(inputs))
     with _quiet_torch_logs():
         try:
-            exported = torch.export.export(module, inputs, kwargs=kwargs, dynamic_shapes=ds, strict=False)
+            exported = torch.export.export(module, inputs, kwargs={**keyword, **constants}, dynamic_shapes=ds,
+                                           strict=False)
             exported = exported.run_decompositions(decomposition_table())
         except InputError:
             raise
@@ -60,7 +73,37 @@ def capture(model: nn.Module | FunctionalModel, example_inputs: Any,
         prov = from_node_meta(node.meta)
         if prov is not None:
             annotations.put(node, prov)
-    return Graph(exported, name=name or label, input_names=input_names, constant_kwargs=kwargs)
+    graph = Graph(exported, name=name or label, input_names=input_names, constant_kwargs=constants)
+    if dynamic_shapes is not None:  # ranges up to the model's own limits (position tables): graphs/bounds.py
+        bounds.bound(graph)
+    return graph
+
+
+def input_names(model: nn.Module | FunctionalModel, n_inputs: int,
+                kwargs: Mapping[str, torch.Tensor | None] | None = None) -> list[str]:
+    """The names `capture` gives the tensor inputs of `model(*n_inputs tensors, **kwargs)`, in its order."""
+    return _as_module(model, n_inputs)[1] + list(keyword_tensors(kwargs))
+
+
+def keyword_tensors(kwargs: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
+    """The keyword inputs that are passed: None values dropped (None means "not passed"); a key that is not a
+    string or a value that is not a tensor is an InputError saying what to give instead."""
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise InputError(f"keyword inputs must be a dict from input name to tensor or None, got "
+                         f"{type(kwargs).__name__}")
+    out = {}
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise InputError(f"keyword input names must be argument names (strings), got {key!r}")
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"keyword input {key!r} is a {type(value).__name__}; give a tensor, or None for "
+                             "\"not passed\"")
+        out[key] = value
+    return out
 
 
 def _as_module(model: Any, n_inputs: int) -> tuple[nn.Module, list[str], dict[str, Any], str]:
@@ -96,9 +139,11 @@ def _anchor_functions(apply: Any) -> None:
         register(fn)
 
 
-def _dynamic_shapes(spec: Any, names: list[str], kwargs: dict[str, Any], functional: bool) -> Any:
-    """torch.export's form of the user's dynamic shapes: a tuple per positional input, or, when capture adds
-    constant keyword arguments (Hugging Face's use_cache=False), a dict by argument name that names them too."""
+def _dynamic_shapes(spec: Any, names: list[str], kwargs: dict[str, Any], functional: bool,
+                    positional: int) -> Any:
+    """torch.export's form of the user's dynamic shapes: a tuple per positional input, or, with keyword inputs
+    or constant keyword arguments (Hugging Face's use_cache=False), a dict by argument name that names them
+    too. `names` are every tensor input's, the first `positional` of them passed positionally."""
     if spec is None:
         return None
     if isinstance(spec, Mapping):
@@ -109,10 +154,11 @@ def _dynamic_shapes(spec: Any, names: list[str], kwargs: dict[str, Any], functio
     spec = list(spec)
     if len(spec) != len(names):
         raise InputError(f"dynamic_shapes has {len(spec)} entries for {len(names)} inputs")
-    # A functional model's forward takes *inputs: torch.export wants them as one tuple.
+    # A functional model's forward takes *inputs (and **kwargs): torch.export wants them as one tuple (and dict).
     if functional:
-        return (tuple(spec),)
-    return {**dict(zip(names, spec)), **{k: None for k in kwargs}} if kwargs else tuple(spec)
+        keyword = dict(zip(names[positional:], spec[positional:]))
+        return {"inputs": tuple(spec[:positional]), "kwargs": keyword} if keyword else (tuple(spec),)
+    return {**dict(zip(names, spec)), **{k: None for k in kwargs if k not in names}} if kwargs else tuple(spec)
 
 
 _FIXES = {

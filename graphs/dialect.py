@@ -62,8 +62,8 @@ def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | N
 
 @add_layer_norm.register_fake
 def _(x: Tensor, residual: Tensor, weight: Tensor, bias: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
-    total = torch.empty_like(x + residual)
-    return torch.empty_like(total), total
+    total = torch.empty_like(x + residual)  # the add's layout; the norm's output is contiguous, as layer_norm's
+    return total.new_empty(total.shape), total
 
 
 @torch.library.custom_op("crossgraph::bias_gelu", mutates_args=())

@@ -31,8 +31,8 @@ class FunctionalModel:
     flax_reference: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, *inputs: Any) -> Any:
-        return self.apply(self.params, *inputs)
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        return self.apply(self.params, *inputs, **kwargs)
 
 
 def flatten_tree(tree: ParamTree, prefix: str = "") -> dict[str, Any]:
@@ -104,5 +104,5 @@ class FunctionalModule(nn.Module):
         _fill(self, model.params, "")
         self._crossgraph_apply = model.apply
 
-    def forward(self, *inputs: Any) -> Any:
-        return self._crossgraph_apply(_read(self), *inputs)
+    def forward(self, *inputs: Any, **kwargs: Any) -> Any:
+        return self._crossgraph_apply(_read(self), *inputs, **kwargs)

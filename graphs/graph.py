@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import json
 import os
+import pickle
+import types
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.utils._pytree as pytree
@@ -61,9 +64,45 @@ class Graph:
         return self._module
 
     def __call__(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Run the program on its inputs, all positional (see `keyword_inputs`); the flat list of outputs."""
         with torch.no_grad():
-            out = self.module()(*inputs, **self.constant_kwargs)
+            out = self.call(self.module(), inputs)
         return list(pytree.tree_leaves(out))
+
+    # ---- calling convention ----------------------------------------------------------------------------------
+    @property
+    def keyword_inputs(self) -> list[str]:
+        """The names of the inputs the model takes by keyword: the last of `input_names`. Every runtime takes
+        all inputs positionally, in `input_names` order; the model as written takes these by name."""
+        spec = self.exported.call_spec.in_spec
+        if spec is None or spec.num_children < 2:
+            return []
+        kwargs = spec.child(1) if hasattr(spec, "child") else spec.children_specs[1]
+        keys = kwargs.context or []
+        return [k for k in keys if k not in self.constant_kwargs]
+
+    def split(self, inputs: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Flat inputs (in `input_names` order) as the model's own call: (args, kwargs), constant keyword
+        arguments included."""
+        keyword = self.keyword_inputs
+        cut = len(inputs) - len(keyword)
+        return tuple(inputs[:cut]), {**dict(zip(keyword, inputs[cut:])), **self.constant_kwargs}
+
+    def flatten(self, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """The model's own call (args, kwargs) as the flat inputs every runtime takes: args, then the keyword
+        inputs in `keyword_inputs` order (None and constant keyword arguments left out). InputError when a
+        keyword input is missing or unknown."""
+        given = {k: v for k, v in (kwargs or {}).items() if v is not None and k not in self.constant_kwargs}
+        keyword = self.keyword_inputs
+        if set(given) != set(keyword):
+            raise InputError(f"keyword inputs {sorted(given)} do not match the graph's {keyword}")
+        return (*args, *(given[k] for k in keyword))
+
+    def call(self, model: Any, inputs: Sequence[Any]) -> Any:
+        """`model` (the model as written, or this program's module) called on flat `inputs` as the model is
+        called: positional inputs by position, keyword inputs and constant keyword arguments by name."""
+        args, kwargs = self.split(inputs)
+        return model(*args, **kwargs)
 
     # ---- inspection ----------------------------------------------------------------------------------------
     @property
@@ -153,15 +192,23 @@ class Graph:
         torch.export.save(self.exported, path, extra_files={_META_FILE: json.dumps(meta)})
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Graph":
-        """Read a file written by `save`; anything else is an InputError naming the file."""
+    def load(cls, path: str | os.PathLike[str], *, trusted_modules: Sequence[str] = ()) -> "Graph":
+        """Read a file written by `save`; anything else is an InputError naming the file.
+
+        Loading runs no code from the file: every pickle in it is read weights-only (tensors and plain
+        containers; anything else is refused), and the container-type modules the file names are imported only
+        from TRUSTED_MODULES or `trusted_modules` (an allowlist of module prefixes the caller vouches for)."""
         if not os.path.isfile(path):
             raise InputError(f"no graph file at {path}")
-        _import_pytree_modules(path)
+        _import_pytree_modules(path, (*TRUSTED_MODULES, *trusted_modules))
         extra = {_META_FILE: ""}
         try:
-            exported = torch.export.load(path, extra_files=extra)
+            with _weights_only():
+                exported = torch.export.load(path, extra_files=extra)
             meta = json.loads(extra[_META_FILE] or "{}")
+        except UnsafePickle as exc:
+            raise InputError(f"{path}: refusing to load it: {exc}; only load graph files from a source you trust, "
+                             "or save the graph again with Graph.save") from exc
         except Exception as exc:  # torch raises many kinds here; all mean "not a graph file"
             raise InputError(f"{path} is not a saved crossgraph graph ({type(exc).__name__}: {exc})") from exc
         if meta.get("format") != FORMAT:
@@ -170,6 +217,45 @@ class Graph:
         annotations.decode(exported.graph)
         return cls(exported, name=meta["name"], input_names=meta["input_names"],
                    output_names=meta["output_names"], constant_kwargs=meta["constant_kwargs"])
+
+
+TRUSTED_MODULES = ("torch", "transformers", "crossgraph")
+"""Module prefixes whose container types (a Hugging Face ModelOutput) a graph file may ask `Graph.load` to
+import; any other needs the caller's `trusted_modules=`. Importing a module runs its code."""
+
+
+class UnsafePickle(Exception):
+    """A pickle in a graph file that weights-only loading refuses (it would construct arbitrary objects)."""
+
+
+@contextlib.contextmanager
+def _weights_only() -> Iterator[None]:
+    """While torch.export.load runs: torch.load reads weights-only whatever its caller asks (torch falls back to
+    weights_only=False for sample inputs), and the raw pickle loaders its archive reader also uses refuse."""
+    from torch.export.pt2_archive import _package
+
+    original_load, original_obj = torch.load, torch._C._pickle_load_obj
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        try:
+            return original_load(f, *args, **kwargs)
+        except pickle.UnpicklingError as exc:
+            raise UnsafePickle(f"it holds a pickle that weights-only loading refuses ({_first_line(exc)})") from exc
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise UnsafePickle("it holds a pickled object (not a tensor)")
+
+    torch.load, torch._C._pickle_load_obj = load, refuse
+    original_pickle, _package.pickle = _package.pickle, types.SimpleNamespace(loads=refuse, load=refuse)
+    try:
+        yield
+    finally:
+        torch.load, torch._C._pickle_load_obj, _package.pickle = original_load, original_obj, original_pickle
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _pytree_modules(exported: ExportedProgram) -> list[str]:
@@ -185,8 +271,9 @@ def _pytree_modules(exported: ExportedProgram) -> list[str]:
     return sorted(found)
 
 
-def _import_pytree_modules(path: str | os.PathLike[str]) -> None:
-    """Import the modules `save` recorded for the file's container types, before torch.export reads it."""
+def _import_pytree_modules(path: str | os.PathLike[str], trusted: Sequence[str]) -> None:
+    """Import the modules `save` recorded for the file's container types, before torch.export reads it: only
+    those under a `trusted` prefix; any other is an InputError naming it (importing runs the module's code)."""
     try:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"extra/{_META_FILE}")), None)
@@ -194,6 +281,10 @@ def _import_pytree_modules(path: str | os.PathLike[str]) -> None:
     except (zipfile.BadZipFile, ValueError):
         return  # not a graph file: torch.export.load says so below
     for module in modules:
+        if not isinstance(module, str) or not any(module == t or module.startswith(t + ".") for t in trusted):
+            raise InputError(f"{path} asks to import {module!r} for its container types, which is not a trusted "
+                             f"module ({', '.join(trusted)}); pass trusted_modules=[{module!r}] to Graph.load "
+                             "if you trust the file")
         try:
             importlib.import_module(module)
         except ImportError as exc:

@@ -9,6 +9,7 @@ nothing is inserted into the Graph itself and the graph that is calibrated is th
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -39,6 +40,11 @@ class _Observing(torch.fx.Interpreter):
         return super().run_node(n)
 
 
+def _terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def calibrate(graph: Graph, batches: Iterable[Sequence[torch.Tensor]], *, observer: str = "minmax",
               progress: bool = True) -> Calibration:
     """The (scale, zero point) of every linear's input over `batches` (each a tuple of the graph's inputs),
@@ -53,7 +59,8 @@ def calibrate(graph: Graph, batches: Iterable[Sequence[torch.Tensor]], *, observ
         raise InputError(f"graph '{graph.name}' has no linear layer with a stored weight to calibrate")
     interpreter, seen = _Observing(graph, observers), 0
     with torch.no_grad():
-        for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress):
+        # a bar only on a terminal: in a log or CI output its carriage returns are noise
+        for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress or not _terminal()):
             interpreter.run(*program.call_args(graph, batch))
             seen += 1
     if not seen:

@@ -14,7 +14,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from torch.export import ExportedProgram
-from torch.export.graph_signature import ConstantArgument, InputKind, InputSpec, TensorArgument
+from torch.export.exported_program import ModuleCallEntry
+from torch.export.graph_signature import (ConstantArgument, ExportGraphSignature, InputKind, InputSpec,
+                                          OutputKind, TensorArgument)
 from torch.fx import Node
 from torch.fx._lazy_graph_module import _LazyGraphModule
 
@@ -43,23 +45,53 @@ def copy_graph(graph: Graph, *, lazy: bool = False) -> Graph:
         for key in _OWNED_META:
             if key in node.meta:
                 node.meta[key] = dict(node.meta[key])
+    # fx names nodes it copies afresh, and never after a Python builtin: torch.export names the placeholder of
+    # `forward(self, input)` `input`, the copy's is `input_1`. Every name the program keeps follows the copy.
+    renamed = {a.name: b.name for a, b in zip(ep.graph.nodes, fx.nodes) if a.name != b.name}
+    signature, calls = copy.deepcopy(ep.graph_signature), copy.deepcopy(ep.module_call_graph)
+    rename_in_program(signature, calls, renamed)
     if lazy:
         exported = copy.copy(ep)  # every field a pass may change is replaced below
         exported._graph_module = _LazyGraphModule(ep.graph_module, fx)
         exported._graph_module.meta.update(ep.graph_module.meta)
-        exported._graph_signature = copy.deepcopy(ep.graph_signature)
+        exported._graph_signature = signature
         exported._state_dict = dict(ep.state_dict)
         exported._constants = dict(ep.constants)
         exported._range_constraints = dict(ep.range_constraints)
-        exported._module_call_graph = copy.deepcopy(ep.module_call_graph)
+        exported._module_call_graph = calls
     else:
         exported = ExportedProgram(
-            root=ep.graph_module, graph=fx, graph_signature=copy.deepcopy(ep.graph_signature),
+            root=ep.graph_module, graph=fx, graph_signature=signature,
             state_dict=dict(ep.state_dict), range_constraints=dict(ep.range_constraints),
-            module_call_graph=copy.deepcopy(ep.module_call_graph), example_inputs=ep.example_inputs,
+            module_call_graph=calls, example_inputs=ep.example_inputs,
             constants=dict(ep.constants), verifiers=list(ep.verifiers))
     return Graph(exported, name=graph.name, input_names=graph.input_names, output_names=graph.output_names,
                  constant_kwargs=graph.constant_kwargs)
+
+
+def rename_in_program(signature: ExportGraphSignature, calls: list[ModuleCallEntry],
+                      renamed: dict[str, str]) -> None:
+    """Rename graph nodes (old name -> new name) wherever the program names them, in place: the argument of
+    every input and output spec, the user input an output mutates, and the inputs and outputs of each module
+    call signature. State names (parameter, buffer and constant targets) and the user-facing argument names
+    (`forward_arg_names`) name no node and stay."""
+    if not renamed:
+        return
+
+    def arg(a: Any) -> Any:
+        name = getattr(a, "name", None)
+        return dataclasses.replace(a, name=renamed[name]) if isinstance(name, str) and name in renamed else a
+
+    for spec in signature.input_specs:
+        spec.arg = arg(spec.arg)
+    for spec in signature.output_specs:
+        spec.arg = arg(spec.arg)
+        if spec.kind == OutputKind.USER_INPUT_MUTATION and spec.target in renamed:
+            spec.target = renamed[spec.target]
+    for entry in calls:
+        if entry.signature is not None:
+            entry.signature.inputs = [arg(a) for a in entry.signature.inputs]
+            entry.signature.outputs = [arg(a) for a in entry.signature.outputs]
 
 
 def finish(graph: Graph) -> None:

@@ -2,6 +2,8 @@
 
 All checks are linear in the graph: fx lint, the ExportedProgram's own verifier plus the calling convention,
 annotations, and meta["val"] re-derived with fake tensors (stored back, so later passes read fresh values).
+Checks that compute nothing (`aten._assert_tensor_metadata` and the other ops whose schema returns nothing) have
+no meta["val"]; they are re-run on fake inputs like every other node, so what they assert still holds.
 """
 
 from __future__ import annotations
@@ -37,8 +39,12 @@ def lint(graph: Graph, before: Graph) -> str | None:
 
 
 def _user_io(graph: Graph) -> tuple[list[str], int]:
+    """The user inputs by the forward argument each placeholder stands for (its target: a copy may rename the
+    node, `input` to `input_1`, but not the argument), and the number of user outputs."""
     sig = graph.exported.graph_signature
-    inputs = [getattr(s.arg, "name", "") for s in sig.input_specs if s.kind == InputKind.USER_INPUT]
+    targets = {n.name: str(n.target) for n in graph.fx.find_nodes(op="placeholder")}
+    inputs = [targets.get(getattr(s.arg, "name", ""), getattr(s.arg, "name", ""))
+              for s in sig.input_specs if s.kind == InputKind.USER_INPUT]
     return inputs, sum(s.kind == OutputKind.USER_OUTPUT for s in sig.output_specs)
 
 
@@ -119,7 +125,8 @@ class ValueCheck:
                         and not any(i in changed for i in node.all_input_nodes):
                     self._checked[node.name] = old
                     continue
-                if node.op in ("placeholder", "call_function") and "val" not in node.meta:
+                if node.op in ("placeholder", "call_function") and "val" not in node.meta \
+                        and not returns_nothing(node):
                     return f"left {node.op} node {node.name} without meta['val']"
                 if node.op == "call_function":
                     problem = _rederive(node, stored)
@@ -129,6 +136,16 @@ class ValueCheck:
                 if old is None or old[1] is not node.meta.get("val"):
                     changed.add(node)
         return None
+
+
+def returns_nothing(node: Node) -> bool:
+    """Whether `node` calls an op whose schema returns nothing: a check such as `aten._assert_tensor_metadata`
+    (which `.to(dtype)` leaves), `aten._assert_scalar` or `aten.sym_constrain_range_for_size`. torch.export
+    gives such nodes no meta["val"]; the check is kept all the same: it is re-run on its inputs' fake values
+    whenever they change, so a pass that breaks what it asserts (a dtype, a size) fails verification."""
+    target = node.target
+    return (node.op == "call_function" and isinstance(target, torch._ops.OpOverload)
+            and not target._schema.returns)
 
 
 def _signature(node: Node) -> tuple[Any, ...]:
@@ -145,6 +162,8 @@ def _rederive(node: Node, stored: Any) -> str | None:
         first = next(iter(str(exc).splitlines()), "")
         return (f"left node {node.name} = {node.target}(...) that cannot run on its inputs: "
                 f"{type(exc).__name__}: {first}")
+    if returns_nothing(node):
+        return None if derived is None else f"left check node {node.name} = {node.target}(...) returning {derived!r}"
     if fake.has_unbacked(derived) and _rank_dtype(derived) == _rank_dtype(stored):
         return None  # re-running a data-dependent op mints new symbols: keep the stored ones
     if not fake.same_meta(derived, stored):

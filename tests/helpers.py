@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Sequence
 
 import numpy as np
@@ -35,3 +39,14 @@ def torch_vs_flax(model: FunctionalModel, inputs: Sequence[torch.Tensor]) -> Com
     policy = TolerancePolicy()
     return compare_outputs([str(i) for i in range(len(refs))], refs, cands,
                            [policy.for_output("flax", r.dtype) for r in refs])
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/<name>.py imported as module `bench_<name>` (bench/ is scripts, not a package), once per session."""
+    key = f"bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parents[1] / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]

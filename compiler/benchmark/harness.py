@@ -20,6 +20,7 @@ from crossgraph.compiler.compare import compare_outputs
 from crossgraph.compiler.pipeline import Passes, Pipelines, passes_for
 from crossgraph.compiler.tolerance import TolerancePolicy
 from crossgraph.graphs import FunctionalModel, InputError, capture
+from crossgraph.graphs.capture import keyword_tensors
 
 FORMAT = "crossgraph.bench/1"
 DEFAULT_TARGETS = ("eager", "inductor", "onnx", "jax")
@@ -76,8 +77,10 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
 
 def bench(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[torch.Tensor], settings: Settings,
-          *, spec: str = "", progress: bool = True) -> dict[str, Any]:
-    """Time every chosen runtime at every batch size (see Settings) and return the results.
+          *, spec: str = "", progress: bool = True, kwargs: dict[str, torch.Tensor | None] | None = None
+          ) -> dict[str, Any]:
+    """Time every chosen runtime at every batch size (see Settings) and return the results; the model is called
+    as `model(*example_inputs, **kwargs)`.
 
     The caller pins threads first (`machine.pin_threads`), before jax or ONNX Runtime start their pools."""
     runtimes = settings.runtimes()
@@ -97,10 +100,13 @@ def bench(model: torch.nn.Module | FunctionalModel, example_inputs: Sequence[tor
     try:
         for batch in settings.batch_sizes:
             bar.set_description(f"batch {batch}: capture")
-            inputs = resize_batch(example_inputs, batch)
+            keyword = keyword_tensors(kwargs)
+            resized = resize_batch((*example_inputs, *keyword.values()), batch)
+            args, keyword = resized[:len(example_inputs)], dict(zip(keyword, resized[len(example_inputs):]))
             start = time.perf_counter()
-            graph = capture(model, inputs)
+            graph = capture(model, args, kwargs=keyword)
             capture_seconds = time.perf_counter() - start
+            inputs = graph.flatten(args, keyword)
             case = Case(model, graph, inputs, settings.threads, settings.passes, Pipelines(graph))
             flops = count_flops(lambda: graph(*inputs))
             reference = case.subject.reference(inputs)

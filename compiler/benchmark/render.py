@@ -26,12 +26,15 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def write(results: dict[str, Any], json_path: str | os.PathLike[str]) -> list[Path]:
     """Write the results as JSON at `json_path`, with the Markdown table (.md) and the chart (.png) beside it."""
+    from crossgraph.compiler.artifact import atomic_path, write_atomically
+
     path = Path(json_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1) + "\n")
     markdown_path, chart_path = path.with_suffix(".md"), path.with_suffix(".png")
-    markdown_path.write_text(markdown(results, chart=chart_path.name))
-    chart(results, chart_path)
+    write_atomically(path, json.dumps(results, indent=1) + "\n")  # each file serialized, then written whole
+    write_atomically(markdown_path, markdown(results, chart=chart_path.name))
+    with atomic_path(chart_path) as tmp:
+        chart(results, tmp)
     return [path, markdown_path, chart_path]
 
 
@@ -120,5 +123,5 @@ def chart(results: dict[str, Any], path: str | os.PathLike[str]) -> None:
     fig.suptitle(f"{results['spec']}: crossgraph targets (blue) and peers (grey); {m['cpu']}, "
                  f"{m['threads']} threads", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name without .png
     plt.close(fig)

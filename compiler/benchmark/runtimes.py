@@ -156,11 +156,10 @@ def _torch_compile(case: Case) -> Built:
     torch._dynamo.reset()  # a fresh compile per case: otherwise a second batch size recompiles with dynamic shapes
     with phases("lower"):  # compiling happens on the first call
         compiled = torch.compile(_as_module(case))
-    kwargs = case.graph.constant_kwargs
 
     def call() -> list[np.ndarray]:
         with torch.no_grad():
-            return _numpy_leaves(compiled(*case.inputs, **kwargs))
+            return _numpy_leaves(case.graph.call(compiled, case.inputs))
 
     return Built(call, phases)
 
@@ -172,8 +171,8 @@ def _ort_dynamo(case: Case) -> Built:
 
     phases = Phases()
     with phases("lower"), onnx_rt.quiet_exporter():
-        program = torch.onnx.export(_as_module(case), case.inputs, kwargs=case.graph.constant_kwargs or None,
-                                    dynamo=True, verbose=False)
+        args, kwargs = case.graph.split(case.inputs)
+        program = torch.onnx.export(_as_module(case), args, kwargs=kwargs or None, dynamo=True, verbose=False)
         model = program.model_proto
     with phases("compile"):
         session = ort.InferenceSession(model.SerializeToString(), onnx_rt.session_options(case.threads),

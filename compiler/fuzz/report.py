@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from typing import Any, Sequence
 
 from crossgraph.compiler.fuzz.known import KnownDivergence
 from crossgraph.compiler.report import STATUSES
@@ -51,6 +51,8 @@ class FuzzReport:
     programs: int = 0
     counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     findings: list[Finding] = dataclasses.field(default_factory=list)
+    skip_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Why each target that skipped a program did (the first reason it gave)."""
 
     @property
     def new(self) -> list[Finding]:
@@ -61,9 +63,28 @@ class FuzzReport:
         return [f for f in self.findings if f.known is not None]
 
     @property
+    def nothing_ran(self) -> bool:
+        """Whether no program ran on any target: every target skipped every program (none of them can run
+        here), or no program was checked at all. Programs that failed to capture are findings, not this."""
+        ran = sum(n for target, c in self.counts.items() if target != "capture"
+                  for status, n in c.items() if status != "skipped")
+        return ran == 0 and not self.counts.get("capture")
+
+    @property
     def exit_code(self) -> int:
-        """0 when every disagreement is a known divergence, 1 when there is a new one."""
-        return 1 if self.new else 0
+        """1 when there is a new disagreement, else 2 when no program ran on any target (bad input: the targets
+        cannot run here), else 0: every disagreement is a known divergence."""
+        return 1 if self.new else 2 if self.nothing_ran else 0
+
+    def nothing_ran_message(self, runnable: Sequence[str] = ()) -> str:
+        """One line for a run in which nothing ran: why each target skipped, and the `runnable` targets to name
+        instead."""
+        if not self.programs:
+            return "no fuzz program ran: the time ran out before the first one; give more --seconds"
+        reasons = "; ".join(f"{t}: {_first_line(r)}" for t, r in self.skip_reasons.items())
+        hint = (f"name targets that can run here, e.g. --targets {','.join(runnable)}" if runnable
+                else "no lowered target can run here")
+        return f"no fuzz program ran on any target, each was skipped ({reasons}): {hint}"
 
     def count(self, target: str, status: str) -> None:
         self.counts.setdefault(target, dict.fromkeys(STATUSES, 0))
@@ -109,3 +130,7 @@ class FuzzReport:
 def _shape_of(headline: str) -> str:
     """A headline with numbers, names and positions blanked, so one bug's findings group together."""
     return re.sub(r"'[^']*'|\d+(\.\d+)?(e[-+]?\d+)?|\([^)]*\)", "#", headline)
+
+
+def _first_line(text: str) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no reason given"

@@ -8,6 +8,9 @@ raised), UnsupportedOpError included: generated programs use core ATen only, whi
 cover, so a missing translation is a gap to fix or to record upstream, not noise. A finding that matches a
 registered known divergence (known.py) is reported as known; the others make `exit_code` 1.
 
+A `skipped` result is no finding, but a run in which no program ran on any target (e.g. tensorrt without CUDA)
+checked nothing: it stops after the first program every target skipped, and its `exit_code` is 2.
+
 Inductor compiles ahead of time (~10 s a program on 2 CPU cores), so when other targets run too it checks only
 every `inductor_every`-th program (0, k, 2k, ...); alone, it checks every program.
 """
@@ -88,8 +91,18 @@ def run(drawn: Iterable[Program], targets: Sequence[str] = DEFAULT_TARGETS, *, s
         if progress is not None:
             verdict = ", ".join(f"{f.target} {f.status}{' (known)' if f.known else ''}" for f in found) or "ok"
             progress(f"program {index}: {program.description()}: {verdict}")
+        if chosen == list(names) and not found and report.nothing_ran:
+            break  # every target skipped a program they all were given: none can run here, so none will
     report.seconds = time.perf_counter() - start
     return report
+
+
+def runnable_targets() -> list[str]:
+    """The lowered targets that can run here (what a fuzz run can check programs on)."""
+    from crossgraph.compiler.lower import unavailable
+    from crossgraph.compiler.targets import TARGETS
+
+    return [name for name, target in TARGETS.items() if target.lowered and unavailable(name) is None]
 
 
 def check_program(program: Program, targets: Sequence[str], report: FuzzReport, index: int = 0) -> list[Finding]:
@@ -109,6 +122,8 @@ def check_program(program: Program, targets: Sequence[str], report: FuzzReport, 
     found = []
     for target, result in parity.targets.items():
         report.count(target, result.status)
+        if result.status == "skipped":
+            report.skip_reasons.setdefault(target, result.error or "")
         if result.status in ("fail", "error"):
             error = result.error or ""
             found.append(Finding(index, target, result.status, error, source, ops, classify(target, ops, error)))

@@ -215,10 +215,22 @@ def pow_tensor_scalar(x: Array, exponent: Any) -> Array:
     return out.astype(dtype)
 
 
+def _power(x: Array, exponent: Array) -> Array:
+    """jnp.power, with torch's integer powers for negative exponents: 1 ** -n = 1, (-1) ** -n = +-1 and 0 for
+    every other base (JAX's integer power has no negative exponents and returns garbage, e.g. 7 ** -5 =
+    -1901072361)."""
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.power(x, exponent)
+    out = jnp.power(x, jnp.maximum(exponent, 0))
+    one = jnp.ones_like(out)
+    negative = jnp.where(x == 1, one, jnp.where(x == -1, jnp.where(exponent % 2 == 0, one, -one), 0 * one))
+    return jnp.where(exponent < 0, negative, out)
+
+
 @op(aten.pow.Tensor_Tensor, aten.pow.Scalar)
 def power(x: Any, exponent: Any) -> Array:
-    """x ** exponent with a tensor exponent (or a Python base)."""
-    return pointwise(jnp.power, x, exponent)
+    """x ** exponent with a tensor exponent (or a Python base); integer powers as torch computes them."""
+    return pointwise(_power, x, exponent)
 
 
 @op(aten.clamp.default, aten.clamp.Tensor)

@@ -303,3 +303,24 @@ def nonzero_static(x: Array, *, size: int, fill_value: int = -1) -> Array:
         return jnp.zeros((size, 0), index_dtype())
     coords = jnp.nonzero(x, size=size, fill_value=fill_value)
     return jnp.stack(coords, axis=1).astype(index_dtype())
+
+
+def _data_dependent(what: str, fix: str) -> Any:
+    """A refusal naming a data-dependent output shape (an unbacked size in the graph) and the static-shape fix."""
+    return lambda node: (f"data-dependent output shape: {what} is known only at run time, and JAX needs static "
+                         f"shapes; {fix}")
+
+
+@op(aten.nonzero.default, refuse=_data_dependent(
+        "the number of nonzero elements (torch.nonzero, torch.where(cond), a boolean mask's positions)",
+        "use torch.nonzero_static(x, size=n), or mask instead of selecting: torch.where(cond, x, 0)"))
+def nonzero(x: Array) -> Array:
+    """Refused when lowering: its output length depends on the input's values."""
+    raise AssertionError("refused before it runs")
+
+
+@op(aten.masked_select.default, refuse=_data_dependent(
+        "the number of elements torch.masked_select keeps", "mask instead of selecting: torch.where(mask, x, 0)"))
+def masked_select(x: Array, mask: Array) -> Array:
+    """Refused when lowering: its output length depends on the mask's values."""
+    raise AssertionError("refused before it runs")

@@ -20,8 +20,10 @@ Decisions, measured with jax 0.10 on 2 shared, busy CPU cores at GPT-2 small's M
   sitting next to a rounding tie to the other quantization step (over 300 random x [64, 256], without it 212 got
   a scale 1 ulp off and 12 of 4.9M values another step); `_divide` hides the divisor behind an optimization
   barrier (XLA still fuses the division, no measurable cost).
-- The scale multiply and the bias add may become one fused multiply-add under jit: with a bias, the result can
-  be half an ulp of the product from the reference's; without one it is bitwise the reference's.
+- The scale multiply and the bias add stay two roundings, as ONNX Runtime's QGEMM output processor and the
+  reference compute them: unguarded, XLA contracted them into a fused multiply-add, and 26-28% of a biased int8
+  linear's outputs came out an ulp off, enough to move activations next to a rounding tie of the next quantized op
+  (issue 17); `_scale_and_add` keeps them apart, and the int8 ops are now bitwise the reference's.
 """
 
 from __future__ import annotations
@@ -44,6 +46,21 @@ def _divide(x: Array, divisor: Array | float) -> Array:
 def _finish(out: Array, bias: Array | None, dtype: jnp.dtype) -> Array:
     """out (float32) plus bias in float32, cast to x's dtype, as every op of the reference ends."""
     return (out if bias is None else out + bias.astype(jnp.float32)).astype(dtype)
+
+
+def _scale_and_add(acc: Array, multiplier: Array, bias: Array | None, dtype: jnp.dtype) -> Array:
+    """float32(acc) * multiplier, rounded, then plus bias, rounded: MLAS's QGEMM output processor (a multiply, then
+    an add; never a fused multiply-add). XLA's CPU backend contracts a multiply feeding an add in one fusion into an
+    FMA (measured: 26-28% of the outputs of a biased int8 linear one ulp off ONNX Runtime's and the reference's,
+    which moves an activation next to a rounding tie of the next quantized op to the other step), and an
+    optimization barrier does not stop it (the CPU compiler drops barriers before fusing). A select on the product
+    (`where(p == p, p, p + 1)`: p itself, a NaN included) sits between the multiply and the add, so LLVM cannot
+    contract them; the barrier keeps XLA's simplifier from folding the select away."""
+    out = acc.astype(jnp.float32) * multiplier
+    if bias is not None:
+        product = lax.optimization_barrier(out)
+        out = jnp.where(product == product, product, product + 1) + bias.astype(jnp.float32)
+    return out.astype(dtype)
 
 
 # ---- weight-only --------------------------------------------------------------------------------------------
@@ -106,8 +123,7 @@ def _integer_matmul(xq: Array, zero: Array | int, qweight: Array) -> Array:
 def dynamic_quant_linear(x: Array, qweight: Array, w_scale: Array, bias: Array | None) -> Array:
     """x quantized per call as DynamicQuantizeLinear, an exact integer matmul, scaled by x_scale * w_scale."""
     xq, scale, zero = _dynamic_quantize(x.astype(jnp.float32))
-    out = _integer_matmul(xq, zero, qweight).astype(jnp.float32) * (scale * w_scale.astype(jnp.float32))
-    return _finish(out, bias, x.dtype)
+    return _scale_and_add(_integer_matmul(xq, zero, qweight), scale * w_scale.astype(jnp.float32), bias, x.dtype)
 
 
 @op(OPS["static_quant_linear"])
@@ -115,6 +131,5 @@ def static_quant_linear(x: Array, qweight: Array, w_scale: Array, bias: Array | 
                         x_zero_point: int) -> Array:
     """x quantized with its calibrated scale and zero point, an exact integer matmul, scaled by x_scale * w_scale."""
     xq = jnp.clip(jnp.round(_divide(x.astype(jnp.float32), x_scale)) + x_zero_point, 0, 255)
-    out = _integer_matmul(xq, x_zero_point, qweight).astype(jnp.float32) * (
-        jnp.float32(x_scale) * w_scale.astype(jnp.float32))
-    return _finish(out, bias, x.dtype)
+    multiplier = jnp.float32(x_scale) * w_scale.astype(jnp.float32)
+    return _scale_and_add(_integer_matmul(xq, x_zero_point, qweight), multiplier, bias, x.dtype)

@@ -17,7 +17,7 @@ import torch
 from jax import lax
 from torch.ops import aten
 
-from crossgraph.compiler.jaxlower.dtypes import cast, is_exact, opmath, to_jax
+from crossgraph.compiler.jaxlower.dtypes import cast, float_of, is_exact, opmath, to_jax
 from crossgraph.compiler.jaxlower.registry import op
 
 Array = jax.Array
@@ -311,3 +311,41 @@ def median(x: Array) -> Array:
 def nanmedian(x: Array) -> Array:
     """Lower median of all non-NaN elements."""
     return _median(x.reshape(-1), 0, False, ignore_nan=True)[0]
+
+
+@op(aten.histc.default)
+def histc(x: Array, bins: int = 100, min: float = 0, max: float = 0) -> Array:  # noqa: A002  (the schema's names)
+    """Counts of x's elements in `bins` equal bins over [min, max] (x's own range when min == max, widened by 1
+    each way when that is empty); elements outside it and NaN are not counted, max counts in the last bin. An
+    element's bin is trunc((x - min) * bins / (max - min)), each step rounded to x's dtype, as torch's CPU kernel
+    finds it (MoE routing counts tokens per expert this way); counts accumulate in float32."""
+    flat = x.reshape(-1)
+    compute = float_of(x.dtype)
+    if flat.size == 0:
+        return jnp.zeros((bins,), compute)
+    flat = flat.astype(compute)
+    if min == max:
+        lo, hi = jnp.min(flat), jnp.max(flat)
+        empty = lo == hi
+        lo, hi = jnp.where(empty, lo - 1, lo), jnp.where(empty, hi + 1, hi)
+    else:
+        # the edges as torch keeps them: min and max in x's dtype
+        lo, hi = jnp.asarray(min, compute), jnp.asarray(max, compute)
+    inside = (flat >= lo) & (flat <= hi)
+    scaled = (flat - lo) * jnp.asarray(bins, compute) / (hi - lo)
+    pos = jnp.minimum(jnp.where(inside, scaled, 0).astype(jnp.int32), bins - 1)
+    pos = jnp.where(inside, pos, bins)  # past the end: dropped
+    counts = jnp.zeros((bins,), opmath(compute)).at[pos].add(jnp.ones(flat.shape, opmath(compute)), mode="drop")
+    return counts.astype(compute)
+
+
+def _bincount_length(node: Any) -> str | None:
+    return ("data-dependent output shape: bincount's length is max(input) + 1, known only at run time, and JAX "
+            "needs static shapes; count with torch.nn.functional.one_hot(x, n).sum(0) or "
+            "torch.histc(x.float(), bins=n, min=0, max=n - 1)")
+
+
+@op(aten.bincount.default, refuse=_bincount_length)
+def bincount(x: Array, weights: Array | None = None, minlength: int = 0) -> Array:
+    """Refused when lowering (see `_bincount_length`): its output length depends on the input's values."""
+    raise AssertionError("refused before it runs")

@@ -111,8 +111,9 @@ class ShardedJax:
         return [_declared(o, d) for o, d in zip(outputs, self.function.output_dtypes)]
 
     def grads(self, inputs: Sequence[torch.Tensor], loss: str = "next_token") -> tuple[float, dict[str, np.ndarray]]:
-        """The training step's loss (of the graph's first output, see `compiler.training.LOSSES`) and its gradient
-        for every floating-point parameter, computed with each gradient sharded like its parameter."""
+        """The training step's loss (of the graph's first output, see `compiler.training.LOSSES`; or MEAN_SQUARE,
+        over every floating output as compiler.dtensor computes it) and its gradient for every floating-point
+        parameter, computed with each gradient sharded like its parameter."""
         value, grads = self._step(loss)(*self._split(self.params), *self._placed(inputs))
         return float(value), {k: np.asarray(g) for k, g in grads.items()}
 
@@ -137,10 +138,14 @@ class ShardedJax:
     def _step(self, loss: str) -> Any:
         """Jitted (trainable, frozen, *batch) -> (loss, grads), built once per loss."""
         if loss not in self._steps:
-            spec, fn, first = get_loss(loss), self.function.fn, len(self.input_shardings)
+            fn, first = self.function.fn, len(self.input_shardings)
+            spec = None if loss == MEAN_SQUARE else get_loss(loss)
 
             def objective(trainable: dict[str, jax.Array], frozen: dict[str, jax.Array], *batch: jax.Array) -> Any:
-                return spec.jax_fn(fn({**frozen, **trainable}, *batch[:first])[0], *batch)
+                outputs = fn({**frozen, **trainable}, *batch[:first])
+                if spec is None:  # compiler.dtensor's mean_square: every floating output's mean square, summed
+                    return sum(jnp.mean(jnp.square(o)) for o in outputs if jnp.issubdtype(o.dtype, jnp.floating))
+                return spec.jax_fn(outputs[0], *batch)
 
             trainable, frozen = self._split(self.param_shardings)
             self._steps[loss] = jax.jit(jax.value_and_grad(objective),
@@ -152,6 +157,10 @@ class ShardedJax:
         """A by-weight-name dict as (trainable parameters, everything else)."""
         return ({k: v for k, v in tree.items() if k in self.trainable},
                 {k: v for k, v in tree.items() if k not in self.trainable})
+
+
+MEAN_SQUARE = "mean_square"
+"""The loss of a model whose outputs are not logits: the sum over floating outputs of their mean square."""
 
 
 def count_collectives(hlo: str) -> collections.Counter[str]:

@@ -1,7 +1,6 @@
 """The benchmark harness: timing statistics, memory, batch resizing, bad settings, and a --quick run of every CPU
 runtime through the CLI that writes the JSON, Markdown and chart."""
 
-import importlib.util
 import json
 import os
 import time
@@ -17,6 +16,7 @@ from crossgraph.compiler.benchmark import harness, machine, runtimes
 from crossgraph.compiler.benchmark.timing import Latency, PeakMemory, Runs, measure, percentile
 from crossgraph.compiler.cli import main
 from crossgraph.graphs import InputError
+from helpers import bench_module
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = "crossgraph.models.mlp:tiny"
@@ -228,9 +228,7 @@ def test_load_refuses_other_files(tmp_path: Path) -> None:
 
 
 def test_readme_section_is_replaced_between_the_markers(quick_run: tuple[int, Path, str], tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("bench_render", REPO / "bench" / "render.py")
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
+    render = bench_module("render")
     _, path, _ = quick_run
     readme = path.parent / "README.md"
     readme.write_text(f"# x\n\n{render.BEGIN}\nold table\n{render.END}\n\n## after\n")

@@ -25,7 +25,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     ("no/such/file.py:tiny", "no such file"),
     (f"{FIXTURES}:no_factory", "has no 'no_factory'"),
     (f"{FIXTURES}:raises", "the factory raised RuntimeError: weights not found"),
-    (f"{FIXTURES}:not_a_tuple", "must return (model, example_inputs)"),
+    (f"{FIXTURES}:not_a_tuple", "must return (model, args)"),
     ("crossgraph.models.nope:tiny", "no module named 'crossgraph.models.nope'"),
     ("just-a-name", "must be 'path/to/file.py:factory'"),
 ])
@@ -85,13 +85,66 @@ def test_nan_is_a_failure_never_a_pass(capsys: pytest.CaptureFixture[str]) -> No
     assert "NaN" in out
 
 
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TensorRT cannot run here, whatever the machine has: its target reports skipped."""
+    from crossgraph.compiler import tensorrt
+    monkeypatch.setattr(tensorrt, "unavailable", lambda: "no CUDA device")
+
+
+@pytest.mark.usefixtures("no_tensorrt")
 def test_package_module_spec_and_skipped_targets(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Without --strict a skipped target does not fail the check, and the verdict says it is incomplete."""
     js = tmp_path / "r.json"
-    code, _, _ = run(capsys, "check", "crossgraph.models.mlp:tiny", "--targets", "eager,tensorrt",
-                     "--json", str(js))
+    code, out, _ = run(capsys, "check", "crossgraph.models.mlp:tiny", "--targets", "eager,tensorrt",
+                       "--json", str(js))
     assert code == 0
-    trt = json.loads(js.read_text())["targets"]["tensorrt"]
-    assert trt["status"] == "skipped" and trt["error"]
+    report = json.loads(js.read_text())
+    trt = report["targets"]["tensorrt"]
+    assert trt["status"] == "skipped" and trt["error"] == "no CUDA device"
+    assert report["targets"]["eager"]["status"] == "pass"
+    assert report["verdict"] == {"status": "incomplete", "counts": {"pass": 1, "fail": 0, "error": 0, "skipped": 1},
+                                 "strict": False}
+    assert "verdict: incomplete (1 passed, 1 skipped); not run: tensorrt" in out
+
+
+@pytest.mark.usefixtures("no_tensorrt")
+def test_strict_check_fails_when_a_target_is_skipped(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    js, md, junit = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.xml"
+    code, out, _ = run(capsys, "check", "crossgraph.models.mlp:tiny", "--targets", "eager,tensorrt", "--strict",
+                       "--json", str(js), "--markdown", str(md), "--junit", str(junit))
+    assert code == 1, out
+    report = json.loads(js.read_text())
+    assert {t: r["status"] for t, r in report["targets"].items()} == {"eager": "pass", "tensorrt": "skipped"}
+    assert report["verdict"] == {"status": "incomplete", "counts": {"pass": 1, "fail": 0, "error": 0, "skipped": 1},
+                                 "strict": True}
+    assert "--strict: a skipped target fails the check" in out.splitlines()[-1]
+    assert md.read_text().splitlines()[0].startswith("❌ **crossgraph check** `crossgraph.models.mlp:tiny`: "
+                                                     "1 passed, 1 skipped — **incomplete** (strict)")
+    props = {p.get("name"): p.get("value") for p in ET.parse(junit).getroot().iter("property")}
+    assert json.loads(props["verdict"])["status"] == "incomplete"
+    code, out, _ = run(capsys, "check", "crossgraph.models.mlp:tiny", "--targets", "eager", "--strict",
+                       "--json", str(js))
+    assert code == 0, out
+    assert json.loads(js.read_text())["verdict"]["status"] == "pass"
+
+
+def test_strict_sharded_check_fails_when_an_engine_is_skipped(capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """`check --mesh` takes --strict too (the sharded run itself is stubbed: its wiring is what is tested)."""
+    from crossgraph.compiler import cli
+    from crossgraph.compiler.report import ParityReport, TargetResult
+    from crossgraph.compiler.sharded_check import ShardedReport
+
+    def stub(model, inputs, mesh, **kwargs):
+        parity = ParityReport("s", {"jax[dp]": TargetResult("skipped", error="one device"),
+                                    "dtensor[dp]": TargetResult("pass", 0.0, 0.0, 1e-5, 1e-4)})
+        return ShardedReport(mesh, parity, {}, {})
+
+    monkeypatch.setattr(cli, "check_sharded", stub)
+    argv = ("check", "crossgraph.models.mlp:tiny", "--mesh", "data=2", "--plan", "dp")
+    assert run(capsys, *argv)[0] == 0
+    assert run(capsys, *argv, "--strict")[0] == 1
 
 
 def test_nn_module_has_no_flax_reference(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -147,8 +200,20 @@ def test_fuzz_runs_bounded_and_writes_its_findings(capsys: pytest.CaptureFixture
     assert report["programs"] == 2 and report["counts"]["jax"]["pass"] == 2 and report["new_findings"] == 0
 
 
+@pytest.mark.usefixtures("no_tensorrt")
+def test_fuzz_on_targets_that_cannot_run_here_exits_2_naming_those_that_can(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "fuzz.json"
+    code, text, err = run(capsys, "fuzz", "--seconds", "600", "--targets", "tensorrt", "--json", str(out))
+    assert code == 2 and text == "" and not out.exists()
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("crossgraph: error: no fuzz program ran on any target") and "tensorrt: no CUDA device" in err
+    assert {"onnx", "jax"} <= set(err.rsplit("e.g. --targets ", 1)[1].strip().split(",")), err
+
+
 def test_fuzz_and_reduce_reject_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(capsys, "fuzz", "--seconds", "0")[0] == 2
+    assert run(capsys, "fuzz", "--seconds", "5", "--max-examples", "0")[0] == 2
     assert run(capsys, "fuzz", "--seconds", "5", "--targets", "gpu9000")[0] == 2
     code, _, err = run(capsys, "reduce", str(REPO / "models" / "mlp.py") + ":tiny", "--target", "flax",
                        "-o", str(tmp_path / "r.py"))
@@ -158,4 +223,4 @@ def test_fuzz_and_reduce_reject_bad_input(capsys: pytest.CaptureFixture[str], tm
 def test_reduce_of_a_target_that_agrees_writes_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = run(capsys, "reduce", str(REPO / "models" / "mlp.py") + ":tiny", "--target", "jax",
                        "-o", str(tmp_path / "r.py"))
-    assert code == 0 and "nothing to reduce" in out and not (tmp_path / "r.py").exists()
+    assert code == 0 and out.count("nothing to reduce") == 1 and not (tmp_path / "r.py").exists(), out

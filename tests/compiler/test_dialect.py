@@ -235,6 +235,9 @@ OPCHECK_SAMPLES: list[tuple[Any, tuple[Any, ...]]] = [
     (ops.add_layer_norm.default, (_randn(2, 5, 8, seed=1), _randn(2, 5, 8, seed=2), torch.ones(8), None, 1e-5)),
     (ops.add_layer_norm.default, (_randn(2, 5, 8, seed=1), _randn(5, 8, seed=2), torch.ones(8), torch.zeros(8),
                                   1e-5)),
+    # a transposed x (Whisper's conv output): the norm's output is contiguous, the sum keeps the add's layout
+    (ops.add_layer_norm.default, (_randn(2, 8, 5, seed=1).transpose(1, 2), _randn(2, 5, 8, seed=2), torch.ones(8),
+                                  None, 1e-5)),
     (ops.bias_gelu.default, (_randn(3, 8, seed=1), _randn(8, seed=2), "none")),
     (ops.bias_gelu.default, (_randn(3, 8, seed=1), _randn(8, seed=2), "tanh")),
     (ops.rms_norm.default, (_randn(3, 8, seed=1), torch.ones(8), 1e-6)),

@@ -42,6 +42,7 @@ def test_writes_every_file_and_a_manifest(exported: Path) -> None:
     assert manifest["parameters"] == sum(t.numel() for t in params.values())
     assert all(manifest["versions"][k] for k in ("torch", "jax", "onnx", "onnxruntime"))
     assert not list(exported.glob("*.partial"))
+    assert main(["verify", str(exported)]) == 0  # hashes, loads, and the reference sample on every file
 
 
 def test_files_load_with_their_own_runtimes_in_a_process_without_crossgraph(exported: Path, tmp_path: Path) -> None:
@@ -58,13 +59,13 @@ def test_files_load_with_their_own_runtimes_in_a_process_without_crossgraph(expo
         assert proc.stdout.count("max_abs_err=") == 3
 
 
-def test_failed_target_leaves_no_partial_file_and_exits_2(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["export", "crossgraph.models.mlp:tiny", "--to", "onnx,tensorrt", "--out", str(tmp_path)])
+def test_failed_target_leaves_nothing_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """All or nothing: the onnx file written before tensorrt failed goes with the temporary directory."""
+    out = tmp_path / "out"
+    code = main(["export", "crossgraph.models.mlp:tiny", "--to", "onnx,tensorrt", "--out", str(out)])
     assert code == 2
     assert "tensorrt" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "model.onnx"]
-    assert set(json.loads((tmp_path / "manifest.json").read_text())["artifacts"]) == {"onnx"}
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unknown_target_writes_nothing(tmp_path: Path) -> None:

@@ -110,6 +110,22 @@ def test_report_json() -> None:
     assert set(data["findings"][0]) == {"program", "target", "status", "error", "ops", "source", "known"}
 
 
+def test_a_run_in_which_no_program_ran_on_any_target_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skipped is not passed: targets that cannot run here check nothing, so the run exits 2 (and stops after
+    the first program every target skipped); a target that ran beside a skipped one keeps the run valid."""
+    from crossgraph.compiler import tensorrt
+
+    monkeypatch.setattr(tensorrt, "unavailable", lambda: "no CUDA device")
+    report = run([TANH, TANH, TANH], ("tensorrt",))
+    assert report.programs == 1 and report.counts == {"tensorrt": {"pass": 0, "fail": 0, "error": 0, "skipped": 1}}
+    assert report.findings == [] and report.nothing_ran and report.exit_code == 2
+    assert report.skip_reasons == {"tensorrt": "no CUDA device"}
+    message = report.nothing_ran_message(["onnx", "jax"])
+    assert "tensorrt: no CUDA device" in message and "--targets onnx,jax" in message and "\n" not in message
+    mixed = run([TANH], ("tensorrt", "jax"))
+    assert mixed.counts["jax"]["pass"] == 1 and not mixed.nothing_ran and mixed.exit_code == 0
+
+
 def test_a_program_that_cannot_run_is_a_capture_finding() -> None:
     broken = Program(inputs=(Leaf("x0", (2, 3), "float32"),), params=(),
                      steps=(Step(("v0",), "torch.mm(x0, x0)", "mm"),), outputs=("v0",))

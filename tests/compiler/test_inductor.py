@@ -197,7 +197,7 @@ def _bad_inputs() -> dict[str, tuple[str, Callable[[], tuple[torch.Tensor, ...]]
         "rank": ("mlp", lambda: (torch.randn(16),), r"has shape \(16,\); the package takes \[s\d+, 16\]"),
         "static size": ("mlp", lambda: (torch.randn(4, m.in_features + 1),), r"has shape \(4, 17\)"),
         "above range": ("gpt2", lambda: (torch.zeros(2, g.n_positions + 1, dtype=torch.int64),),
-                        r"s\d+ = 65; .* in \[1, 64\]"),
+                        r"'input_ids' dim 1 is 65, above its bound 64: .* in \[1, 64\]"),
         "inconsistent": ("bert", lambda: (ids, mask[:, :-1], types), r"'attention_mask' has shape \(2, 7\).* = 8"),
     }
 

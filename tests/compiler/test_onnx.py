@@ -268,8 +268,10 @@ def test_bad_inputs_are_input_errors(lowered: Callable[[str], Lowered]) -> None:
     artifact = lowered("mlp").artifact
     with pytest.raises(InputError, match="takes 1 inputs"):
         artifact(torch.randn(2, 16), torch.randn(2, 16))
+    with pytest.raises(InputError, match=r"input 'x' has shape \(2, 16, 1\); the ONNX model takes \[s\d+, 16\]"):
+        artifact(torch.randn(2, 16, 1))  # checked against the graph's signature first
     with pytest.raises(InputError, match="ONNX Runtime rejected the inputs"):
-        artifact(torch.randn(2, 16, 1))
+        artifact(torch.randn(2, 16, dtype=torch.float64))
 
 
 def test_other_export_failures_propagate_with_the_innermost_cause(lowered: Callable[[str], Lowered],

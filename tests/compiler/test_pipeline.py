@@ -76,8 +76,10 @@ def test_cli_lists_every_pass_one_per_line_and_pipelines_on_request(capsys: pyte
 
 
 def test_cli_check_with_passes_off_and_on(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "none"]) == 0
-    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "cleanup"]) == 0
+    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "none",
+                 "--strict"]) == 0
+    assert main(["check", "crossgraph.models.mlp:tiny", "--targets", "eager,jax", "--passes", "cleanup",
+                 "--strict"]) == 0
     assert main(["check", "crossgraph.models.mlp:tiny", "--passes", "nope"]) == 2
     assert "unknown pass 'nope'" in capsys.readouterr().err
 

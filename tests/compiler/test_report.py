@@ -54,7 +54,7 @@ def test_json_keeps_design_keys_in_place_and_adds_the_statistics(tmp_path: Path)
     path = tmp_path / "r.json"
     sample().write_json(path)
     report = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-    assert list(report) == ["spec", "targets", "seed", "policy"]
+    assert list(report)[:5] == ["spec", "targets", "seed", "policy", "verdict"]
     assert report["seed"] == 7 and report["policy"]["override"] == {"atol": 1e-3, "rtol": 1e-4}
     assert list(report["targets"]) == ["eager", "onnx", "jax", "tensorrt", "flax"]
     for result in report["targets"].values():
@@ -90,7 +90,8 @@ def test_one_example_report_keeps_the_old_json() -> None:
     assert old["targets"]["eager"] == {"status": "pass", "max_abs_err": 1e-6, "max_rel_err": 1e-6, "atol": 1e-5,
                                        "rtol": 1e-4, "seconds": 0.2, "error": None, "first_divergent_node": None,
                                        "mean_abs_err": None, "p99_abs_err": None, "worst": None, "examples": 1,
-                                       "bisect": None}
+                                       "oracle_abs_err": None, "reference_oracle_abs_err": None, "rule": None,
+                                       "rules": {}, "bisect": None}
 
 
 def test_junit_has_one_testcase_per_target_per_example_and_right_counts(tmp_path: Path) -> None:
@@ -137,7 +138,7 @@ def test_markdown_summary(tmp_path: Path) -> None:
     report = sample()
     md = report.markdown()
     lines = md.splitlines()
-    assert lines[0] == "❌ **crossgraph check** `models/mlp.py:tiny`: 2 passed, 2 errored, 1 skipped"
+    assert lines[0] == "❌ **crossgraph check** `models/mlp.py:tiny`: 2 passed, 2 errored, 1 skipped — **error**"
     assert "seed 7" in lines[2] and "override atol 1.0e-03 rtol 1.0e-04" in lines[2]
     header = lines.index("| target | status | max abs err | max rel err | tolerance | seconds | examples |")
     rows = {row.split(" | ")[0][2:]: row for row in lines[header + 2: header + 7]}
@@ -167,7 +168,7 @@ def test_markdown_summary(tmp_path: Path) -> None:
 def test_markdown_verdict_when_all_pass_and_cells_escape_pipes() -> None:
     report = ParityReport("s", {"a|b": TargetResult("pass", 0.0, 0.0, 1e-5, 1e-4, 0.1)})
     md = report.markdown()
-    assert md.startswith("✅ **crossgraph check** `s`: 1 passed\n") and "<details>" not in md
+    assert md.startswith("✅ **crossgraph check** `s`: 1 passed — **pass**\n") and "<details>" not in md
     assert "| a\\|b | ✅ pass |" in md
 
 
@@ -194,3 +195,43 @@ def test_node_records_without_a_message_or_with_a_failed_localization() -> None:
     assert "onnx: first divergent node: could not localize: KeyError: 'x'" in text
     md = ParityReport("s", {"onnx": TargetResult("fail", error="e", first_divergent_node=failed)}).markdown()
     assert "**first divergent node**: could not localize: KeyError: 'x'" in md
+
+
+def test_a_skipped_target_is_not_a_pass() -> None:
+    """`passed` means every requested target ran and passed. A skip exits 0 (every target that ran is within
+    tolerance), but 1 under strict (`crossgraph check --strict`); the verdict says incomplete either way."""
+    ok = TargetResult("pass", 0.0, 0.0, 1e-5, 1e-4, 0.1)
+    report = ParityReport("s", {"eager": ok, "tensorrt": TargetResult("skipped", error="no CUDA device")})
+    assert not report.passed and report.exit_code == 0
+    assert report.verdict() == {"status": "incomplete", "counts": {"pass": 1, "fail": 0, "error": 0, "skipped": 1},
+                                "strict": False}
+    assert report.to_json()["verdict"] == report.verdict()
+    report.strict = True
+    assert report.exit_code == 1 and report.to_json()["verdict"]["strict"] is True
+    nothing_ran = ParityReport("s", {"tensorrt": TargetResult("skipped", error="no CUDA device")})
+    assert not nothing_ran.passed and nothing_ran.exit_code == 0 and nothing_ran.verdict_status == "incomplete"
+    assert not ParityReport("s", {}).passed
+    all_pass = ParityReport("s", {"eager": ok}, strict=True)
+    assert all_pass.passed and all_pass.exit_code == 0 and all_pass.verdict_status == "pass"
+
+
+def test_verdict_in_the_table_junit_and_markdown(tmp_path: Path) -> None:
+    report = sample()  # 2 pass, 2 error, 1 skipped
+    assert report.verdict() == {"status": "error", "counts": {"pass": 2, "fail": 0, "error": 2, "skipped": 1},
+                                "strict": False}
+    assert report.table().splitlines()[-1] == ("verdict: error (2 passed, 2 errored, 1 skipped); not run: tensorrt "
+                                               "(--strict would fail on this)")
+    path = tmp_path / "r.xml"
+    report.write_junit(path)
+    props = {p.get("name"): p.get("value") for p in ET.parse(path).getroot().iter("property")}
+    assert json.loads(props["verdict"]) == report.verdict()
+    worse = ParityReport("s", {"a": TargetResult("fail", error="off"), "b": TargetResult("error", error="boom")})
+    assert worse.verdict_status == "fail" and worse.exit_code == 1
+    incomplete = ParityReport("s", {"eager": TargetResult("pass", 0.0, 0.0, 1e-5, 1e-4, 0.1),
+                                    "tensorrt": TargetResult("skipped", error="no CUDA device")})
+    assert incomplete.markdown().startswith("⏭️ **crossgraph check** `s`: 1 passed, 1 skipped — **incomplete**\n")
+    incomplete.strict = True
+    assert incomplete.markdown().startswith("❌ **crossgraph check** `s`: 1 passed, 1 skipped — **incomplete** "
+                                            "(strict)\n")
+    assert incomplete.table().splitlines()[-1].endswith("not run: tensorrt (--strict: a skipped target fails the "
+                                                        "check)")

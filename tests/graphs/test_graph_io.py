@@ -1,7 +1,10 @@
 """Graph save/load round trips (outputs, names, dynamic dims, annotations) and the printed forms."""
 
 import dataclasses
+import io
+import json
 import subprocess
+import zipfile
 import sys
 from pathlib import Path
 
@@ -87,6 +90,61 @@ def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
     torch.export.save(torch.export.export(torch.nn.ReLU(), (torch.ones(2),)), plain)
     with pytest.raises(InputError, match="not a crossgraph graph"):
         Graph.load(plain)
+
+
+class _RunsCode:
+    """Unpickling this runs code: it would create the file `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _rewrite(src: Path, dst: Path, change) -> None:
+    """Copy a graph archive, each entry's bytes passed through change(name, data)."""
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w") as new:
+        for item in old.infolist():
+            new.writestr(item, change(item.filename, old.read(item.filename)))
+
+
+def test_loading_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path: Path) -> None:
+    """torch.export.load falls back to weights_only=False for sample inputs: Graph.load never does."""
+    model, inputs = mlp.tiny()
+    capture(model, inputs).save(tmp_path / "g.pt2")
+    marker = tmp_path / "ran"
+    evil = io.BytesIO()
+    torch.save(_RunsCode(marker), evil)
+    _rewrite(tmp_path / "g.pt2", tmp_path / "evil.pt2",
+             lambda name, data: evil.getvalue() if "sample_inputs" in name else data)
+    with pytest.raises(InputError, match="refusing to load it"):
+        Graph.load(tmp_path / "evil.pt2")
+    assert not marker.exists()
+    assert Graph.load(tmp_path / "g.pt2").input_names == ["x"]  # the untouched file loads
+
+
+def test_container_modules_are_imported_only_when_trusted(tmp_path: Path, monkeypatch) -> None:
+    """A file names the modules of its container types; importing one runs its code."""
+    marker = tmp_path / "imported"
+    (tmp_path / "evil_types.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model, inputs = mlp.tiny()
+    capture(model, inputs).save(tmp_path / "g.pt2")
+
+    def name_module(name: str, data: bytes) -> bytes:
+        if not name.endswith("extra/crossgraph.json"):
+            return data
+        meta = json.loads(data)
+        meta["pytree_modules"] = ["evil_types"]
+        return json.dumps(meta).encode()
+
+    _rewrite(tmp_path / "g.pt2", tmp_path / "named.pt2", name_module)
+    with pytest.raises(InputError, match="not a trusted module"):
+        Graph.load(tmp_path / "named.pt2")
+    assert not marker.exists()
+    Graph.load(tmp_path / "named.pt2", trusted_modules=["evil_types"])
+    assert marker.exists()
 
 
 def test_summary_and_format() -> None:

@@ -1,4 +1,4 @@
-"""Every model in the zoo passes `crossgraph check --targets eager,flax`: tiny presets, then realistic ones."""
+"""Every model in the zoo passes `crossgraph check --targets eager,flax --strict`: tiny presets, then realistic ones."""
 
 import pytest
 
@@ -10,15 +10,15 @@ REALISTIC = ["gpt2:small", "llama:small", "bert:base", "resnet:resnet18", "vit:b
 
 @pytest.mark.parametrize("spec", TINY)
 def test_tiny_presets_pass(spec: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["check", f"crossgraph.models.{spec}", "--targets", "eager,flax"])
+    code = main(["check", f"crossgraph.models.{spec}", "--targets", "eager,flax", "--strict"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.count(" pass ") == 2
+    assert out.count(" pass ") == 3 and "verdict: pass (2 passed)" in out  # two rows and the verdict
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("spec", REALISTIC)
 def test_realistic_presets_pass(spec: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["check", f"crossgraph.models.{spec}", "--targets", "eager,flax"])
+    code = main(["check", f"crossgraph.models.{spec}", "--targets", "eager,flax", "--strict"])
     out = capsys.readouterr().out
     assert code == 0, out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -168,8 +170,12 @@ def test_calibration_uses_the_observed_range_of_each_linear_input() -> None:
     assert cosine > 0.999
 
 
-def test_calibration_shows_a_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibration_shows_a_progress_bar_on_a_terminal_only(capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     _, graph, x = _two_linears()
+    calibrate(graph, [x, x, x])
+    assert "calibrating" not in capsys.readouterr().err  # a log file gets no carriage-return spam
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     calibrate(graph, [x, x, x])
     err = capsys.readouterr().err
     assert "calibrating" in err and "3/3" in err

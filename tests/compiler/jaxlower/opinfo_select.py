@@ -25,6 +25,13 @@ exercise, and the cases whose samples diverge from torch, with the first mismatc
 '''
 
 
+REGRESSIONS = {
+    ("__rpow__", "int64", "core"): "integer powers with negative exponents (JAX gave 7 ** -5 = -1901072361, torch 0)",
+}
+"""Cases that once diverged and were fixed: always selected (all their samples), whatever the cover needs, so the
+fix stays tested. A case that diverges goes to DIVERGENCES, which test_opinfo.py runs as strict xfails."""
+
+
 def table_names() -> set[str]:
     """The table's ATen ops by name (the Python operators on sizes are not OpInfo's business)."""
     return {str(t) for t in registry.targets() if isinstance(t, torch._ops.OpOverload)}
@@ -70,7 +77,8 @@ def _prefix(outcomes: list[harness.Outcome], table: set[str]) -> tuple[int, set[
 
 
 def select(results: dict[tuple[str, str, str], list[harness.Outcome]]) -> tuple[list, dict, dict]:
-    """Greedy cover of every (table op, dtype) pair some case exercises: cases by new pairs per sample run."""
+    """Greedy cover of every (table op, dtype) pair some case exercises: cases by new pairs per sample run, plus
+    REGRESSIONS; every case with a failing sample is a divergence (with its first mismatch)."""
     table = table_names()
     clean = {key: outs for key, outs in results.items() if not any(o.status == "fail" for o in outs)}
     divergences = {key: next(o.detail for o in outs if o.status == "fail")
@@ -85,6 +93,10 @@ def select(results: dict[tuple[str, str, str], list[harness.Outcome]]) -> tuple[
         uncovered -= new
         cases.append((*best, prefix[best][0]))
         expected[best] = tuple(sorted(op for op, _ in new))
+    for key in REGRESSIONS:
+        if key in clean and key not in expected:
+            cases.append((*key, len(clean[key])))
+            expected[key] = tuple(sorted(prefix[key][1]))
     return sorted(cases), expected, divergences
 
 
